@@ -1,0 +1,112 @@
+"""The one seam between zephyr-local and the compute backend (Metal, CUDA or CPU).
+
+Everything that depends on which MLX backend runs lives here: the BLAS swap for
+Linux CPU wheels and the description of the device that `info` prints.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+
+# Debian/Ubuntu `libopenblas0-pthread`, then the generic alternatives link.
+OPENBLAS_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+)
+
+# What preload_blas did, for `info`: (name, detail).
+_blas_state: tuple[str, str] = ("not checked", "")
+
+
+def preload_blas() -> tuple[str, str]:
+    """Load a system OpenBLAS into the process before MLX is imported.
+
+    The Linux CPU wheel of MLX links the slow reference (netlib) BLAS through an
+    ordinary dynamic dependency; a BLAS loaded earlier with RTLD_GLOBAL provides
+    the same symbols first, so fp32 matmuls run on OpenBLAS (~30-50x faster).
+    `ZEPHYR_LOCAL_BLAS=off` disables it; `ZEPHYR_LOCAL_BLAS=/path/libopenblas.so`
+    picks the library. A no-op on macOS (Accelerate) and once MLX is loaded.
+    """
+    global _blas_state
+    if _blas_state[0] != "not checked":
+        return _blas_state
+    setting = os.environ.get("ZEPHYR_LOCAL_BLAS", "").strip()
+    if sys.platform == "darwin":
+        _blas_state = ("accelerate", "macOS")
+    elif setting.lower() == "off":
+        _blas_state = ("reference", "ZEPHYR_LOCAL_BLAS=off")
+    elif "mlx" in sys.modules or "mlx.core" in sys.modules:
+        _blas_state = ("reference", "mlx was imported before zephyr_local")
+    else:
+        candidates = (setting,) if setting else OPENBLAS_CANDIDATES
+        _blas_state = ("reference", "no system OpenBLAS found")
+        for path in candidates:
+            if not os.path.exists(path):
+                if setting:
+                    _blas_state = ("reference", f"ZEPHYR_LOCAL_BLAS={path} does not exist")
+                continue
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError as exc:
+                _blas_state = ("reference", f"could not load {path}: {exc}")
+                continue
+            _blas_state = ("openblas", path)
+            break
+    return _blas_state
+
+
+def blas() -> tuple[str, str]:
+    """The BLAS the CPU backend uses: (name, detail)."""
+    return _blas_state
+
+
+def backend_name() -> str:
+    """`metal`, `cuda` or `cpu`: the backend MLX computes on by default."""
+    import mlx.core as mx
+
+    if mx.default_device() == mx.cpu:
+        return "cpu"
+    if hasattr(mx, "cuda") and mx.cuda.is_available():
+        return "cuda"
+    return "metal"
+
+
+def device_info() -> dict:
+    """A description of the device and memory, for `info` and benchmark records."""
+    import mlx.core as mx
+
+    info: dict = {"backend": backend_name(), "machine": platform.machine()}
+    try:
+        dev = mx.device_info()
+        info["device"] = dev.get("device_name") or dev.get("architecture") or str(mx.default_device())
+        if "memory_size" in dev:
+            info["memory_bytes"] = int(dev["memory_size"])
+    except Exception:  # older or CPU-only builds describe nothing
+        info["device"] = str(mx.default_device())
+    if "memory_bytes" not in info:
+        try:
+            info["memory_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            pass
+    info["processor"] = platform.processor() or _cpu_model()
+    name, detail = blas()
+    info["blas"] = name if info["backend"] == "cpu" or sys.platform == "darwin" else f"{name} (unused)"
+    info["blas_detail"] = detail
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()

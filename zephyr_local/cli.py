@@ -1,0 +1,328 @@
+"""The `zephyr-local` command group. Each command parses, validates and calls the library.
+
+mlx, mlx-lm and textual are imported inside the commands so that `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from zephyr_local.errors import ZephyrError
+
+
+class _Group(click.Group):
+    """Turns library errors into one line on stderr and an exit code; no tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ZephyrError as exc:
+            click.secho(f"Error: {exc}", err=True, fg="red")
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="zephyr-local")
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Model store (default: $ZEPHYR_LOCAL_HOME/models, or models/ in the checkout).",
+)
+@click.pass_context
+def cli(ctx: click.Context, models_dir: str | None) -> None:
+    """Zephyr-7B on your laptop: pull, quantize, chat and fine-tune, offline, with MLX."""
+    ctx.obj = {"models_dir": models_dir}
+
+
+def _store(ctx: click.Context) -> Path:
+    from zephyr_local import store
+
+    return store.models_dir(ctx.obj.get("models_dir") if ctx.obj else None)
+
+
+def model_option(f):
+    return click.option(
+        "--model", "-m", "model", default=None,
+        help="Local directory, store name, or downloaded hub id (default: zephyr-7b-beta-4bit).",
+    )(f)
+
+
+def sampling_options(f):
+    """The sampling flags shared by `generate` and `chat` (defaults: the model card's)."""
+    options = [
+        click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Longest reply, in tokens."),
+        click.option("--temp", type=click.FloatRange(min=0), default=0.7, show_default=True,
+                     help="Temperature; 0 is greedy and deterministic."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95,
+                     show_default=True, help="Nucleus sampling mass, in (0, 1]."),
+        click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True,
+                     help="Sample from the k likeliest tokens; 0 disables."),
+        click.option("--min-p", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+                     show_default=True, help="Drop tokens below min-p x the top probability."),
+        click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True),
+                     default=1.0, show_default=True, help="1.0 disables."),
+        click.option("--seed", type=int, default=None, help="Seed for reproducible sampling."),
+        click.option("--context-budget", type=click.IntRange(min=16), default=None,
+                     help="Context budget in tokens (default: the model's 4096 window)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def sampling_from(kwargs: dict):
+    from zephyr_local.sampling import SamplingOptions
+
+    return SamplingOptions(
+        temperature=kwargs.pop("temp"), top_p=kwargs.pop("top_p"), top_k=kwargs.pop("top_k"),
+        min_p=kwargs.pop("min_p"), repetition_penalty=kwargs.pop("repetition_penalty"),
+        seed=kwargs.pop("seed"), max_tokens=kwargs.pop("max_tokens"),
+    ).validate()
+
+
+def read_messages(source: str) -> list[dict]:
+    """A conversation from a JSON file (or `-` for stdin): a list of {"role", "content"},
+    or an object with a "messages" list (the chat export format)."""
+    from zephyr_local.template import validate
+
+    name = "stdin" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ZephyrError(f"{name}: cannot read ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ZephyrError(f"{name}: invalid JSON ({exc})") from None
+    if isinstance(data, dict) and "messages" in data:
+        data = data["messages"]
+    try:
+        return validate(data)
+    except ZephyrError as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def info(ctx: click.Context, as_json: bool) -> None:
+    """Show the backend, device, memory, versions, BLAS and model store.
+
+    Example: zephyr-local info
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from zephyr_local import backend
+
+    data = backend.device_info()
+    for pkg in ("mlx", "mlx-lm", "textual", "zephyr-local"):
+        try:
+            data[f"{pkg}_version"] = version(pkg)
+        except PackageNotFoundError:
+            data[f"{pkg}_version"] = None
+    data["models_dir"] = str(_store(ctx))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    gib = data.get("memory_bytes", 0) / 2**30
+    lines = [
+        ("backend", data["backend"]),
+        ("device", data["device"]),
+        ("memory", f"{gib:.1f} GiB"),
+        ("BLAS", f"{data['blas']} ({data['blas_detail']})"),
+        ("mlx", data["mlx_version"]),
+        ("mlx-lm", data["mlx-lm_version"]),
+        ("textual", data["textual_version"]),
+        ("zephyr-local", data["zephyr-local_version"]),
+        ("models dir", data["models_dir"]),
+    ]
+    for key, value in lines:
+        click.echo(f"{key:>13}: {value}")
+
+
+@cli.command()
+@model_option
+@click.option("--messages", "messages_file", default=None, metavar="FILE.json",
+              help='A JSON list of {"role", "content"} messages; - reads stdin.')
+@click.option("--text", default=None, help="Plain text to encode (BOS added).")
+@click.option("--no-generation-prompt", is_flag=True, help="Leave out the trailing <|assistant|>.")
+@click.pass_context
+def tokenize(ctx, model, messages_file, text, no_generation_prompt) -> None:
+    """Print the token ids of a conversation (Zephyr template) or text, as a JSON array.
+
+    Example: zephyr-local tokenize -m zephyr-test --messages chat.json
+    """
+    from zephyr_local import loading, store, template
+
+    if (messages_file is None) == (text is None):
+        raise click.UsageError("give exactly one of --messages or --text")
+    messages = read_messages(messages_file) if messages_file is not None else None
+    tokenizer = loading.load_tokenizer(store.resolve_model(model, _store(ctx)))
+    if messages is not None:
+        ids = template.encode(tokenizer, messages, not no_generation_prompt)
+    else:
+        ids = list(tokenizer.encode(text))
+    click.echo(json.dumps(ids))
+
+
+@cli.command()
+@model_option
+@click.option("--adapter", default=None, type=click.Path(), help="LoRA adapter directory.")
+@click.option("--prompt", "-p", default=None, help="The user message.")
+@click.argument("stdin_prompt", required=False, metavar="[-]")
+@click.option("--messages", "messages_file", default=None, metavar="FILE.json",
+              help="Reply to a whole conversation instead of one prompt.")
+@click.option("--system", default=None, help="System prompt.")
+@sampling_options
+@click.option("--json", "as_json", is_flag=True,
+              help="After the streamed reply, print one JSON line with the text and statistics.")
+@click.pass_context
+def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, context_budget,
+             as_json, **kwargs) -> None:
+    """Stream Zephyr's reply to a prompt; `-` reads the prompt from stdin.
+
+    Example: zephyr-local generate -m zephyr-test --temp 0 --prompt "Write a haiku"
+    """
+    options = sampling_from(kwargs)
+    messages = _prompt_messages(prompt, stdin_prompt, messages_file, system)
+    from zephyr_local.engine import Engine
+
+    engine = Engine.load(model, adapter, _store(ctx).as_posix())
+    session = engine.session(context_budget)
+    parts, last = [], None
+    try:
+        for last in session.reply(messages, options):
+            parts.append(last.text)
+            click.echo(last.text, nl=False)
+            sys.stdout.flush()
+    finally:
+        engine.close()
+    click.echo()
+    sys.stdout.flush()
+    stats = last.stats
+    if stats.dropped_turns:
+        click.secho(f"[{stats.dropped_turns} oldest turn(s) dropped to fit the context budget]",
+                    err=True, fg="yellow")
+    if as_json:
+        record = {"text": "".join(parts), "finish_reason": last.finish_reason, **stats.as_dict()}
+        click.echo(json.dumps(record))
+    else:
+        click.secho(_stats_line(stats), err=True, dim=True)
+
+
+def _prompt_messages(prompt, stdin_prompt, messages_file, system) -> list[dict]:
+    if stdin_prompt not in (None, "-"):
+        raise click.UsageError(f"unexpected argument {stdin_prompt!r} (use --prompt TEXT or -)")
+    given = [x for x in (prompt, stdin_prompt, messages_file) if x is not None]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --prompt TEXT, - (stdin) or --messages FILE")
+    if messages_file is not None:
+        messages = read_messages(messages_file)
+    else:
+        text = sys.stdin.read() if stdin_prompt == "-" else prompt
+        if not text.strip():
+            raise ZephyrError("the prompt is empty")
+        messages = [{"role": "user", "content": text}]
+    if system is not None:
+        messages = [{"role": "system", "content": system}] + [
+            m for m in messages if m["role"] != "system"
+        ]
+    return messages
+
+
+def _stats_line(s) -> str:
+    return (
+        f"prompt {s.prompt_tokens} tok ({s.prefilled_tokens} prefilled) {s.prompt_tps:.1f} tok/s"
+        f" | generation {s.generation_tokens} tok {s.generation_tps:.1f} tok/s"
+        f" | ttft {s.ttft_s:.2f}s | peak {s.peak_memory_gb:.2f} GB"
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_context
+def models(ctx, as_json: bool) -> None:
+    """List local models: name, path, size, dtype and quantization.
+
+    Example: zephyr-local models
+    """
+    from zephyr_local import store
+
+    rows = store.list_models(_store(ctx))
+    if as_json:
+        click.echo(json.dumps([{**r.__dict__, "path": str(r.path)} for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"No models in {_store(ctx)}. Try `zephyr-local pull` or "
+                   "`zephyr-local create-test-model`.")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Models in {_store(ctx)}")
+    for col in ("name", "size", "dtype", "quantization", "bits/weight", "path"):
+        table.add_column(col)
+    for r in rows:
+        quant = f"{r.bits}-bit, group {r.group_size}" if r.bits else "-"
+        bpw = f"{r.bits_per_weight:.2f}" if r.bits_per_weight else "?"
+        table.add_row(r.name, _human(r.size_bytes), r.dtype, r.error or quant, bpw, str(r.path))
+    Console().print(table)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@cli.command("create-test-model")
+@click.argument("out_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+              show_default=True, help="float32 is fastest on CPUs.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.pass_context
+def create_test_model_cmd(ctx, out_dir, seed, dtype, force) -> None:
+    """Write a tiny random-weight Zephyr-architecture model with the real tokenizer.
+
+    OUT_DIR defaults to `zephyr-test` in the model store. Every command works on
+    it offline (its replies are gibberish).
+
+    Example: zephyr-local create-test-model && zephyr-local generate -m zephyr-test -p Hi
+    """
+    from zephyr_local.testmodel import create_test_model
+
+    out = Path(out_dir) if out_dir else _store(ctx) / "zephyr-test"
+    path = create_test_model(out, seed=seed, dtype=dtype, force=force)
+    click.echo(f"Wrote {path}")
+
+
+# --- pull command (zephyr_local/pull.py) ---
+
+# --- quantize command (zephyr_local/quantize.py) ---
+
+# --- chat command (zephyr_local/tui/) ---
+
+# --- training commands: sft, dpo, evaluate, fuse (zephyr_local/train/) ---
+
+# --- bench command (benchmarks/) ---
+
+
+def main() -> None:
+    cli(prog_name="zephyr-local")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The model store: where models live, how a model argument is resolved, what is there.
+
+A model argument is a local directory, a name under the store, or a Hugging Face
+id that was already downloaded (by `pull`, or into the Hugging Face cache). Nothing
+here touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from zephyr_local.errors import ModelNotFoundError
+from zephyr_local.safetensors_header import read_header
+
+DEFAULT_REPO = "HuggingFaceH4/zephyr-7b-beta"
+DEFAULT_MODEL = "zephyr-7b-beta-4bit"  # what `quantize` makes of DEFAULT_REPO
+SOURCE_FILE = ".zephyr-local-source.json"  # written by `pull`: repo id and revision
+_CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def home_dir() -> Path:
+    """The data directory: `ZEPHYR_LOCAL_HOME`, else the checkout, else ~/.local/share."""
+    env = os.environ.get("ZEPHYR_LOCAL_HOME")
+    if env:
+        return Path(env).expanduser()
+    if (_CHECKOUT_ROOT / "pyproject.toml").exists() and (_CHECKOUT_ROOT / "models").is_dir():
+        return _CHECKOUT_ROOT
+    return Path.home() / ".local" / "share" / "zephyr-local"
+
+
+def models_dir(override: str | os.PathLike | None = None) -> Path:
+    """The model store: `override` (the `--models-dir` flag), else `<home>/models`."""
+    return Path(override).expanduser() if override else home_dir() / "models"
+
+
+def store_name(repo_id: str) -> str:
+    """The folder name a hub repo gets in the store: its last path component."""
+    return repo_id.rstrip("/").split("/")[-1]
+
+
+def _hf_cache_snapshot(repo_id: str) -> Path | None:
+    """A complete snapshot of `repo_id` in the Hugging Face cache, found offline."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not cached, or an invalid id: both mean "not here"
+        return None
+    return Path(path) if (Path(path) / "config.json").exists() else None
+
+
+def resolve_model(arg: str | os.PathLike | None, store: Path | None = None) -> Path:
+    """The local directory for a model argument (None means the default model).
+
+    Raises:
+        ModelNotFoundError: naming every place tried and the command that fetches it.
+    """
+    store = store or models_dir()
+    arg = str(arg) if arg else DEFAULT_MODEL
+    tried = []
+    direct = Path(arg).expanduser()
+    if direct.is_dir():
+        return direct
+    tried.append(str(direct.resolve()))
+    named = store / arg
+    if named.is_dir():
+        return named
+    tried.append(str(named))
+    if "/" in arg and not direct.is_absolute() and arg.count("/") == 1:
+        for entry in _store_entries(store):
+            if _source(entry).get("repo_id") == arg:
+                return entry
+        pulled = store / store_name(arg)
+        if pulled.is_dir():
+            return pulled
+        tried.append(str(pulled))
+        cached = _hf_cache_snapshot(arg)
+        if cached:
+            return cached
+        tried.append("the Hugging Face cache")
+    if arg == DEFAULT_MODEL:
+        hint = "run `zephyr-local pull` then `zephyr-local quantize --bits 4`"
+    elif "/" in arg and arg.count("/") == 1 and not arg.startswith((".", "/", "~")):
+        hint = f"run `zephyr-local pull {arg}`"
+    else:
+        hint = "check the path, or list local models with `zephyr-local models`"
+    raise ModelNotFoundError(f"model {arg!r} not found (tried {', '.join(tried)}): {hint}")
+
+
+def _store_entries(store: Path) -> list[Path]:
+    if not store.is_dir():
+        return []
+    return sorted(
+        p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")
+        and (p / "config.json").exists()
+    )
+
+
+def _source(path: Path) -> dict:
+    try:
+        return json.loads((path / SOURCE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+@dataclass
+class ModelInfo:
+    """What `models` shows of one local model."""
+
+    name: str
+    path: Path
+    size_bytes: int
+    dtype: str  # dtype of the unquantized tensors
+    bits: int | None = None
+    group_size: int | None = None
+    bits_per_weight: float | None = None
+    source: str | None = None
+    error: str | None = None
+
+
+def model_info(path: Path) -> ModelInfo:
+    """Size, dtype and quantization of a model directory, read from headers only."""
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    info = ModelInfo(path.name, path, size, "?", source=_source(path).get("repo_id"))
+    try:
+        config = json.loads((path / "config.json").read_text())
+        quant = config.get("quantization") or {}
+        info.bits, info.group_size = quant.get("bits"), quant.get("group_size")
+        dtypes: Counter = Counter()
+        weight_bytes = logical = 0
+        for shard in sorted(path.glob("*.safetensors")):
+            header = read_header(shard)
+            for name, entry in header.items():
+                shape, dtype = entry["shape"], entry["dtype"]
+                nbytes = entry["data_offsets"][1] - entry["data_offsets"][0]
+                weight_bytes += nbytes
+                count = 1
+                for d in shape:
+                    count *= d
+                if dtype == "U32" and info.bits:  # packed quantized weight
+                    count = count * 32 // info.bits
+                if not name.endswith((".scales", ".biases")):
+                    logical += count
+                    dtypes[dtype] += count
+        info.dtype = dtypes.most_common(1)[0][0] if dtypes else "?"
+        if info.dtype == "U32":
+            info.dtype = (sorted(d for d in dtypes if d != "U32") or ["?"])[0]
+        if logical:
+            info.bits_per_weight = round(8 * weight_bytes / logical, 3)
+    except Exception as exc:  # a broken model still gets a row, with the reason
+        info.error = str(exc).splitlines()[0]
+    return info
+
+
+def list_models(store: Path | None = None) -> list[ModelInfo]:
+    """Every model directory in the store."""
+    return [model_info(p) for p in _store_entries(store or models_dir())]
