@@ -1,0 +1,1 @@
+"""The `zephyr-local chat` app (Textual)."""

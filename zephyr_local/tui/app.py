@@ -1,0 +1,358 @@
+"""The chat app: conversation view, input, status bar, history sidebar.
+
+The model loads on a worker thread while the app is already usable; each reply is
+consumed on one thread worker that hands the UI batched text (generation.py).
+Conversation bookkeeping (history, export) lives in the HistoryMixin.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Footer, Markdown, Static
+
+from zephyr_local.errors import ZephyrError
+from zephyr_local.history import StoredMessage
+from zephyr_local.sampling import SamplingOptions
+from zephyr_local.tui.commands import COMMANDS, parse_slash
+from zephyr_local.tui.generation import clean_for_display, stream_batched
+from zephyr_local.tui.help_screen import HelpScreen
+from zephyr_local.tui.history_mixin import HistoryMixin
+from zephyr_local.tui.missing_screen import ModelMissingScreen
+from zephyr_local.tui.sampling_screen import SamplingScreen
+from zephyr_local.tui.text_screen import TextEditScreen
+from zephyr_local.tui.widgets.message import MessageView
+from zephyr_local.tui.widgets.prompt import PromptInput
+from zephyr_local.tui.widgets.sidebar import HistorySidebar
+from zephyr_local.tui.widgets.status import StatusBar, describe_quantization
+
+
+@dataclass
+class ChatConfig:
+    """What `zephyr-local chat` was asked for."""
+
+    model: str | None = field(default=None, metadata={"help": "model path, store name or hub id"})
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter directory"})
+    models_dir: str | None = field(default=None, metadata={"help": "model store override"})
+    system_prompt: str | None = field(default=None, metadata={"help": "for new conversations"})
+    options: SamplingOptions = field(default_factory=SamplingOptions,
+                                     metadata={"help": "sampling for new conversations"})
+    context_budget: int | None = field(default=None, metadata={"help": "tokens; None = window"})
+    history_path: str | Path | None = field(default=None,
+                                            metadata={"help": "None = <home>/history.sqlite"})
+
+
+class ChatApp(HistoryMixin, App):
+    """Chat with Zephyr. Pass `engine` to reuse a loaded Engine (tests, benchmarks)."""
+
+    CSS_PATH = "chat.tcss"
+    TITLE = "zephyr-local chat"
+    BINDINGS = [
+        Binding("escape", "stop", "Stop"),
+        Binding("ctrl+n", "new_chat", "New chat"),
+        Binding("ctrl+r", "regenerate", "Regenerate"),
+        Binding("ctrl+b", "toggle_sidebar", "History"),
+        Binding("f2", "system_prompt", "System prompt"),
+        Binding("f3", "sampling", "Sampling"),
+        Binding("f1", "help", "Help"),
+    ]
+
+    def __init__(self, config: ChatConfig | None = None, engine=None) -> None:
+        super().__init__()
+        self.config = config or ChatConfig()
+        self.engine, self.session = engine, None
+        self._owns_engine = engine is None
+        self.load_error: ZephyrError | None = None
+        self.generating = False
+        self.last_final = None  # the final Response record of the last reply
+        self._init_history()
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            yield HistorySidebar(id="sidebar", classes="hidden")
+            with Vertical(id="conversation"):
+                with VerticalScroll(id="chat"):
+                    yield Static("", id="system-note", classes="hidden")
+                yield PromptInput(id="prompt")
+                yield StatusBar(id="status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.query_one("#chat").anchor()
+        self.query_one(PromptInput).focus()
+        self._open_history()
+        self._reset_conversation_state()
+        if self.engine is not None:
+            self._model_ready(self.engine)
+        else:
+            self._load_model()
+
+    def on_unmount(self) -> None:
+        if self.session is not None:
+            self.session.cancel()
+        if self._owns_engine and self.engine is not None:
+            self.engine.close()
+        self._close_history()
+
+    # -- the model -------------------------------------------------------------
+
+    @work(thread=True, group="load", exit_on_error=False)
+    def _load_model(self) -> None:
+        from zephyr_local.engine import Engine
+
+        cfg = self.config
+        try:
+            engine = Engine.load(cfg.model, cfg.adapter, cfg.models_dir)
+        except ZephyrError as exc:
+            self.call_from_thread(self._model_failed, exc)
+            return
+        except Exception as exc:  # an unexpected loader fault still gets a screen, not a trace
+            self.call_from_thread(self._model_failed, ZephyrError(f"cannot load the model: {exc}"))
+            return
+        self.call_from_thread(self._model_ready, engine)
+
+    def _model_ready(self, engine) -> None:
+        from zephyr_local.backend import backend_name
+
+        self.engine = engine
+        self.session = engine.session(self.config.context_budget)
+        loaded = engine.loaded
+        name = f"{loaded.path.name} · {describe_quantization(loaded.quantization)}"
+        if loaded.adapter_path:
+            name += f" + {Path(loaded.adapter_path).name}"
+        self.query_one(StatusBar).set_model(name, backend_name())
+        self._show_context_estimate()
+
+    def _model_failed(self, exc: ZephyrError) -> None:
+        from zephyr_local.errors import ModelNotFoundError
+
+        self.load_error = exc
+        title = "Model not found" if isinstance(exc, ModelNotFoundError) else "Model cannot load"
+        self.query_one(StatusBar).set_model(f"no model ({title.lower()})", "")
+        self.push_screen(ModelMissingScreen(title, str(exc)))
+
+    def _show_context_estimate(self) -> None:
+        """Context used by the conversation as it stands (before the next reply)."""
+        if self.session is None:
+            return
+        from zephyr_local.template import encode
+
+        messages = self.chat_messages()
+        used = len(encode(self.engine.tokenizer, messages)) if len(messages) > 0 else 0
+        self.query_one(StatusBar).set_context(used, self.session.context_budget)
+
+    # -- sending and streaming -------------------------------------------------
+
+    def views(self) -> list[MessageView]:
+        return list(self.query_one("#chat").query(MessageView))
+
+    def chat_messages(self) -> list[dict]:
+        """The conversation as the engine takes it: system prompt, then the messages."""
+        chat = [{"role": v.role, "content": v.content} for v in self.views()]
+        if self.system_prompt:
+            chat.insert(0, {"role": "system", "content": self.system_prompt})
+        return chat
+
+    async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
+        text = event.text
+        try:
+            slash = parse_slash(text)
+        except KeyError as exc:
+            self.notify(exc.args[0], severity="error")
+            return
+        prompt = self.query_one(PromptInput)
+        if slash is not None:
+            command, arg = slash
+            prompt.remember(text)
+            prompt.clear()
+            method = getattr(self, f"action_{command.action}")
+            result = method(arg) if command.takes_text else method()
+            if inspect.isawaitable(result):
+                await result
+            return
+        if text.startswith("//"):
+            text = text[1:]
+        if await self.send(text):
+            prompt.remember(event.text)
+            prompt.clear()
+
+    async def send(self, text: str) -> bool:
+        """Add a user message and start the reply; False (with a notice) if it cannot."""
+        if not text.strip():
+            self.notify("The message is empty.", severity="warning")
+            return False
+        if not self._can_generate():
+            return False
+        self.save_message(StoredMessage("user", text))
+        await self.query_one("#chat").mount(MessageView("user", text))
+        await self._start_reply()
+        return True
+
+    def _can_generate(self) -> bool:
+        if self.generating:
+            self.notify("A reply is still streaming: Esc stops it.", severity="warning")
+            return False
+        if self.session is None:
+            message = str(self.load_error) if self.load_error else "The model is still loading."
+            self.notify(message, severity="error" if self.load_error else "warning")
+            return False
+        return True
+
+    async def _start_reply(self) -> None:
+        chat = self.query_one("#chat", VerticalScroll)
+        view = MessageView("assistant")
+        view.add_class("streaming")
+        await chat.mount(view)
+        chat.anchor()
+        self.generating = True
+        stream = Markdown.get_stream(view.markdown)
+        self._generate(self.chat_messages(), self.options, view, stream)
+
+    @work(thread=True, group="reply", exit_on_error=False)
+    def _generate(self, messages: list[dict], options: SamplingOptions, view, stream) -> None:
+        """Consume the reply on this worker thread; the UI gets batched text."""
+
+        def show(chunk: str) -> None:
+            self.call_from_thread(stream.write, clean_for_display(chunk))
+
+        try:
+            text, final = stream_batched(self.session.reply(messages, options), show)
+        except Exception as exc:  # shown as a notice; the conversation stays as it was
+            self.call_from_thread(self._reply_failed, view, stream, exc)
+            return
+        self.call_from_thread(self._reply_done, view, stream, text, final)
+
+    async def _reply_done(self, view: MessageView, stream, text: str, final) -> None:
+        await stream.stop()
+        reason = final.finish_reason if final else "cancelled"
+        view.remove_class("streaming")
+        view.finish(text, reason)
+        stats = final.stats if final else None
+        self.save_message(StoredMessage("assistant", text, reason,
+                                        asdict(stats) if stats else None))
+        self.generating, self.last_final = False, final
+        if stats is not None:
+            status = self.query_one(StatusBar)
+            status.set_stats(stats)
+            used = stats.prompt_tokens + stats.generation_tokens
+            status.set_context(used, self.session.context_budget)
+            self._mark_dropped(stats.dropped_turns)
+
+    async def _reply_failed(self, view: MessageView, stream, exc: Exception) -> None:
+        await stream.stop()
+        await view.remove()
+        self.generating = False
+        views = self.views()
+        if views and views[-1].role == "user":  # give the message back to edit and resend
+            last = views[-1]
+            self.truncate_messages(len(views) - 1)
+            await last.remove()
+            prompt = self.query_one(PromptInput)
+            prompt.text = last.content
+            prompt.move_cursor(prompt.document.end)
+        self.notify(f"Generation failed: {exc}", severity="error", timeout=10)
+
+    def _mark_dropped(self, dropped_turns: int) -> None:
+        """Mark the turns the engine cut to fit the budget (its policy: oldest turns first)."""
+        views = self.views()
+        starts = [i for i, v in enumerate(views) if v.role == "user"]
+        cuts = [0] + starts[1:]
+        cut = cuts[min(dropped_turns, len(cuts) - 1)] if cuts else 0
+        for i, v in enumerate(views):
+            if v.dropped != (i < cut):
+                v.mark_dropped(i < cut)
+        if dropped_turns:
+            self.notify(f"{dropped_turns} oldest turn(s) no longer fit the context budget and "
+                        "were left out of the prompt.", severity="warning")
+
+    # -- actions -----------------------------------------------------------------
+
+    def action_stop(self) -> None:
+        if self.generating and self.session is not None:
+            self.session.cancel()
+
+    async def action_regenerate(self) -> None:
+        if not self._can_generate():
+            return
+        views = self.views()
+        if views and views[-1].role == "assistant":
+            self.truncate_messages(len(views) - 1)
+            await views[-1].remove()
+            views.pop()
+        if not views:
+            self.notify("Nothing to regenerate yet.", severity="warning")
+            return
+        await self._start_reply()
+
+    async def on_message_view_edit_requested(self, event: MessageView.EditRequested) -> None:
+        view = event.view
+        if self.generating:
+            self.notify("Stop the reply (Esc) before editing.", severity="warning")
+            return
+
+        async def resend(text: str | None) -> None:
+            if text is None or not text.strip() or not self._can_generate():
+                return
+            views = self.views()
+            index = views.index(view)
+            self.truncate_messages(index)
+            await self.query_one("#chat").remove_children(views[index:])
+            await self.send(text)
+
+        self.push_screen(TextEditScreen("Edit message and resend (later turns are dropped)",
+                                        view.content), resend)
+
+    def action_system_prompt(self, text: str | None = None) -> None:
+        if text:
+            self.set_system_prompt(text)
+            return
+        self.push_screen(TextEditScreen("System prompt for this conversation",
+                                        self.system_prompt or "",
+                                        "Empty means no system prompt."), self._system_edited)
+
+    def _system_edited(self, text: str | None) -> None:
+        if text is not None:
+            self.set_system_prompt(text)
+
+    def set_system_prompt(self, text: str) -> None:
+        self.set_system_prompt_quietly(text.strip() or None)
+        self.store_system_prompt()
+        self._show_context_estimate()
+        self.notify("System prompt set." if self.system_prompt else "System prompt cleared.")
+
+    def action_sampling(self) -> None:
+        def chosen(options: SamplingOptions | None) -> None:
+            if options is not None:
+                self.options = options
+                self.store_sampling()
+                self.notify("Sampling settings saved for this conversation.")
+
+        self.push_screen(SamplingScreen(self.options), chosen)
+
+    def _last_reply(self) -> MessageView | None:
+        replies = [v for v in self.views() if v.role == "assistant"]
+        return replies[-1] if replies else None
+
+    def action_copy_reply(self) -> None:
+        reply = self._last_reply()
+        reply.action_copy() if reply else self.notify("No reply yet.", severity="warning")
+
+    def action_copy_code(self) -> None:
+        reply = self._last_reply()
+        reply.action_copy_code() if reply else self.notify("No reply yet.", severity="warning")
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        for command in COMMANDS:
+            yield SystemCommand(command.title, command.help,
+                                partial(self.run_action, command.action))

@@ -1,0 +1,44 @@
+"""Shown when the model cannot be loaded: what is wrong and what to run."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, Static
+
+FETCH_HINT = (
+    "To get the default model:\n"
+    "    zephyr-local pull && zephyr-local quantize --bits 4\n"
+    "For a tiny offline test model:\n"
+    "    zephyr-local create-test-model && zephyr-local chat -m zephyr-test\n"
+    "To see the models you have:\n"
+    "    zephyr-local models"
+)
+
+
+class ModelMissingScreen(ModalScreen[None]):
+    """The load error in full, the commands that fix it; Esc closes it (history stays usable)."""
+
+    BINDINGS = [Binding("escape", "close", "Browse history")]
+
+    def __init__(self, title: str, message: str) -> None:
+        super().__init__()
+        self.title_text, self.message = title, message
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="missing-dialog"):
+            yield Label(self.title_text, classes="dialog-title error")
+            yield Static(Text(self.message), id="missing-message")
+            yield Static(Text(FETCH_HINT), id="missing-hint")
+            yield Label("Your conversation history is still available (Esc).",
+                        classes="dialog-hint")
+            yield Button("Browse history (Esc)", variant="primary", id="close")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_close()
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,65 @@
+"""The multi-line message input: Enter sends, several keys insert a newline."""
+
+from __future__ import annotations
+
+from textual import events
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import TextArea
+
+# Terminals disagree on what they send for modified Enter: Ctrl+J is a plain LF
+# everywhere; Alt/Option+Enter works in iTerm2, macOS Terminal (Option as Meta)
+# and Linux terminals; Shift+Enter only where the terminal reports it (kitty protocol).
+NEWLINE_KEYS = ("ctrl+j", "alt+enter", "shift+enter", "ctrl+enter")
+
+
+class PromptInput(TextArea):
+    """Type a message; Enter sends it, Up/Down on the first/last line recall history."""
+
+    BINDINGS = [
+        Binding("enter", "submit", "Send", priority=True),
+        Binding("ctrl+j", "newline", "Newline"),
+        Binding("alt+enter", "newline", "Newline (Alt+Enter)", show=False),
+        Binding("shift+enter", "newline", "Newline", show=False),
+        Binding("ctrl+enter", "newline", "Newline", show=False),
+    ]
+
+    class Submitted(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(soft_wrap=True, tab_behavior="focus", show_line_numbers=False, **kwargs)
+        self.sent_history: list[str] = []
+        self._recall = 0  # index into history while recalling; len(history) = not recalling
+
+    def action_submit(self) -> None:
+        self.post_message(self.Submitted(self.text))
+
+    def action_newline(self) -> None:
+        self.insert("\n")
+
+    def remember(self, text: str) -> None:
+        if text.strip() and (not self.sent_history or self.sent_history[-1] != text):
+            self.sent_history.append(text)
+        self._recall = len(self.sent_history)
+
+    async def _on_key(self, event: events.Key) -> None:
+        row, _ = self.cursor_location
+        if event.key == "up" and row == 0 and self.sent_history and self._recall > 0:
+            self._show_recalled(self._recall - 1)
+        elif event.key == "down" and row == self.document.line_count - 1 and (
+            self._recall < len(self.sent_history)
+        ):
+            self._show_recalled(self._recall + 1)
+        else:
+            await super()._on_key(event)
+            return
+        event.stop()
+        event.prevent_default()
+
+    def _show_recalled(self, index: int) -> None:
+        self._recall = index
+        self.text = self.sent_history[index] if index < len(self.sent_history) else ""
+        self.move_cursor(self.document.end)

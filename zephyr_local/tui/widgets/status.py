@@ -1,0 +1,62 @@
+"""The status bar: model, backend, speed of the last reply, context gauge, memory."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+GAUGE_WIDTH = 10
+
+
+def gauge(used: int, budget: int, width: int = GAUGE_WIDTH) -> str:
+    """A text bar of `width` cells for used/budget."""
+    fill = 0 if budget <= 0 else min(width, round(width * used / budget))
+    return "█" * fill + "░" * (width - fill)
+
+
+def describe_quantization(quant: dict | None) -> str:
+    if not quant:
+        return "unquantized"
+    return f"{quant.get('bits', '?')}-bit g{quant.get('group_size', '?')}"
+
+
+class StatusBar(Static):
+    """One line of facts about the model and the last reply."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", **kwargs)
+        self.model = "loading model…"
+        self.backend = ""
+        self.stats = None
+        self.context = (0, 0)
+
+    def on_mount(self) -> None:
+        self._show()
+
+    def set_model(self, model: str, backend: str) -> None:
+        self.model, self.backend = model, backend
+        self._show()
+
+    def set_stats(self, stats) -> None:
+        self.stats = stats
+        self._show()
+
+    def set_context(self, used: int, budget: int) -> None:
+        self.context = (used, budget)
+        self._show()
+
+    def _show(self) -> None:
+        parts = [self.model] + ([self.backend] if self.backend else [])
+        s = self.stats
+        if s is not None:
+            parts += [
+                f"prompt {s.prompt_tps:.0f} tok/s ({s.prefilled_tokens} prefilled)",
+                f"gen {s.generation_tps:.1f} tok/s",
+                f"TTFT {s.ttft_s:.2f}s",
+            ]
+        used, budget = self.context
+        if budget:
+            parts.append(f"ctx {gauge(used, budget)} {used}/{budget}")
+        if s is not None:
+            parts.append(f"peak {s.peak_memory_gb:.2f} GB")
+        self.update(Text(" │ ".join(parts)))
