@@ -315,6 +315,35 @@ def create_test_model_cmd(ctx, out_dir, seed, dtype, force) -> None:
 
 # --- chat command (zephyr_local/tui/) ---
 
+
+@cli.command()
+@model_option
+@click.option("--adapter", default=None, type=click.Path(), help="LoRA adapter directory.")
+@click.option("--system", default=None, help="System prompt for new conversations.")
+@sampling_options
+@click.option("--history", "history_path", default=None, type=click.Path(dir_okay=False),
+              help="History database (default: $ZEPHYR_LOCAL_HOME/history.sqlite).")
+@click.pass_context
+def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) -> None:
+    """Chat with Zephyr in a terminal app; every conversation is kept.
+
+    Enter sends, Ctrl+J (or Alt+Enter) adds a newline, Esc stops a reply,
+    Ctrl+B shows past conversations, /help lists the slash commands.
+
+    Example: zephyr-local chat -m zephyr-test --temp 0
+    """
+    from zephyr_local.history import History
+
+    options = sampling_from(kwargs)
+    History(history_path).close()  # a corrupt or newer database: one-line error, file untouched
+    from zephyr_local.tui.app import ChatApp, ChatConfig
+
+    models_dir = ctx.obj.get("models_dir") if ctx.obj else None
+    config = ChatConfig(model=model, adapter=adapter, models_dir=models_dir, system_prompt=system,
+                        options=options, context_budget=context_budget, history_path=history_path)
+    ChatApp(config).run()
+
+
 # --- training commands: sft, dpo, evaluate, fuse (zephyr_local/train/) ---
 
 # --- bench command (benchmarks/) ---
