@@ -1,0 +1,110 @@
+"""Cases 1, 2 and 7: generation against mlx-lm, multi-turn cache reuse, OpenBLAS on/off."""
+
+from __future__ import annotations
+
+import time
+
+from zephyr_local.bench.common import CaseResult, filler_ids, median, ratio
+from zephyr_local.engine import Engine
+from zephyr_local.sampling import SamplingOptions
+
+
+def _ours(engine: Engine, ids: list[int], max_tokens: int) -> dict:
+    opts = SamplingOptions(temperature=0.0, max_tokens=max_tokens)
+    last = None
+    for last in engine.session(context_budget=len(ids) + max_tokens + 8).reply_to_ids(ids, opts):
+        pass
+    s = last.stats
+    return {"prompt_tps": s.prompt_tps, "generation_tps": s.generation_tps, "ttft_s": s.ttft_s,
+            "generation_tokens": s.generation_tokens}
+
+
+def _mlx_lm(engine: Engine, ids: list[int], max_tokens: int) -> dict:
+    """mlx-lm's stream_generate, on the same MLX thread, model and prompt."""
+    import mlx.core as mx
+    from mlx_lm.generate import stream_generate
+
+    def run():
+        t0, ttft, last = time.perf_counter(), None, None
+        for last in stream_generate(engine.loaded.model, engine.tokenizer, mx.array(ids),
+                                    max_tokens=max_tokens):
+            ttft = ttft or time.perf_counter() - t0
+        return {"prompt_tps": last.prompt_tps, "generation_tps": last.generation_tps,
+                "ttft_s": ttft, "generation_tokens": last.generation_tokens}
+
+    return engine.worker.call(run)
+
+
+def generation_case(engine: Engine, *, prompt_lengths, max_tokens: int, repeats: int) -> CaseResult:
+    """Case 1: prompt tok/s, generation tok/s and TTFT, ours vs mlx-lm, alternating runs."""
+    result = CaseResult("generation")
+    _ours(engine, filler_ids(engine.tokenizer, 16), 4)  # warm-up both paths
+    _mlx_lm(engine, filler_ids(engine.tokenizer, 16), 4)
+    for n in prompt_lengths:
+        ids = filler_ids(engine.tokenizer, n)
+        runs = {"zephyr-local": [], "mlx-lm": []}
+        for i in range(repeats):
+            order = (("zephyr-local", _ours), ("mlx-lm", _mlx_lm))
+            for name, fn in order if i % 2 == 0 else order[::-1]:
+                runs[name].append(fn(engine, ids, max_tokens))
+        meds = {name: {k: median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+        result.details[f"prompt_{n}"] = meds
+        ours, base = meds["zephyr-local"], meds["mlx-lm"]
+        tag = f"{n}-token prompt"
+        result.ratios += [
+            ratio("generation", f"prompt tok/s, {tag}", ours["prompt_tps"], base["prompt_tps"],
+                  "mlx-lm stream_generate", higher_is_better=True, goal=0.98, unit="tok/s"),
+            ratio("generation", f"generation tok/s, {tag}", ours["generation_tps"],
+                  base["generation_tps"], "mlx-lm stream_generate", higher_is_better=True,
+                  goal=0.98, unit="tok/s"),
+            ratio("generation", f"time to first token, {tag}", ours["ttft_s"], base["ttft_s"],
+                  "mlx-lm stream_generate", higher_is_better=False, goal=0.98, unit="s"),
+        ]
+    return result
+
+
+def _conversation_ttfts(engine: Engine, turns: int, user_text: str, opts, reuse: bool) -> list[dict]:
+    """Play a growing conversation; per turn, TTFT with one kept session or a fresh one."""
+    session = engine.session()
+    messages = [{"role": "system", "content": "You are a helpful assistant."}]
+    out = []
+    for _ in range(turns):
+        messages.append({"role": "user", "content": user_text})
+        # The naive design: a fresh cache every turn, the whole history prefilled again.
+        records = list((session if reuse else engine.session()).reply(messages, opts))
+        s = records[-1].stats
+        out.append({"ttft_s": s.ttft_s, "prefilled": s.prefilled_tokens, "prompt_tokens": s.prompt_tokens})
+        messages.append({"role": "assistant", "content": "".join(r.text for r in records)})
+    return out
+
+
+def multiturn_case(engine: Engine, *, turns: int, user_tokens: int, reply_tokens: int,
+                   repeats: int) -> CaseResult:
+    """Case 2: TTFT of each turn of a growing conversation, cache reuse vs full re-prefill.
+
+    The conversation is played `repeats` times each way, alternating; per-turn medians.
+    """
+    result = CaseResult("multi-turn")
+    opts = SamplingOptions(temperature=0.0, max_tokens=reply_tokens)
+    words = "tell me more about the history of sailing ships and their crews " * 40
+    ids = engine.tokenizer.encode(words, add_special_tokens=False)[:user_tokens]
+    user_text = engine.tokenizer.decode(ids)
+    plays = {True: [], False: []}
+    for i in range(repeats):
+        for reuse in ((True, False) if i % 2 == 0 else (False, True)):
+            plays[reuse].append(_conversation_ttfts(engine, turns, user_text, opts, reuse))
+
+    def per_turn(runs):
+        return [{**runs[0][t], "ttft_s": median(r[t]["ttft_s"] for r in runs)} for t in range(turns)]
+
+    reuse, rebuild = per_turn(plays[True]), per_turn(plays[False])
+    result.details = {"cache_reuse": reuse, "re_prefill": rebuild, "repeats": repeats}
+    result.ratios += [
+        ratio("multi-turn", f"turn {turns} TTFT vs turn 1 TTFT (goal: within 1.5x)",
+              reuse[-1]["ttft_s"], reuse[0]["ttft_s"], "turn 1", higher_is_better=False,
+              goal=round(1 / 1.5, 3), unit="s"),
+        ratio("multi-turn", f"turn {turns} TTFT, cache reuse vs re-prefill", reuse[-1]["ttft_s"],
+              rebuild[-1]["ttft_s"], "re-prefill every turn", higher_is_better=False, goal=None,
+              unit="s"),
+    ]
+    return result

@@ -1,0 +1,133 @@
+"""Drive the benchmark cases and write `<date>-<machine>` JSON, Markdown and PNG results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import re
+import tempfile
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable
+
+from zephyr_local.bench.common import CaseResult
+
+# Settings per mode: quick finishes in under 2 minutes on a 2-core CPU with the test model.
+MODES = {
+    "quick": {"prompt_lengths": (32, 512, 2048), "max_tokens": 32, "repeats": 3, "turns": 10,
+              "user_tokens": 48, "reply_tokens": 16, "bandwidth_mb": 256, "blas_repeats": 1},
+    "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
+             "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3},
+}
+
+
+@dataclass
+class BenchRun:
+    """One run of the harness: where, how, and what came out."""
+
+    mode: str
+    model: str
+    cases: list[str]
+    machine: dict = field(default_factory=dict)
+    results: list[CaseResult] = field(default_factory=list)
+
+
+def machine_record() -> dict:
+    from zephyr_local import backend
+
+    info = backend.device_info()
+    for pkg in ("mlx", "mlx-lm", "textual", "zephyr-local"):
+        try:
+            info[f"{pkg}_version"] = version(pkg)
+        except PackageNotFoundError:
+            info[f"{pkg}_version"] = None
+    info["python"] = platform.python_version()
+    info["platform"] = platform.platform()
+    return info
+
+
+def _case_fns() -> dict[str, Callable]:
+    from zephyr_local.bench import blas, generation, hardware
+
+    def gen(engine, model, s, run):
+        return generation.generation_case(engine, prompt_lengths=s["prompt_lengths"],
+                                          max_tokens=s["max_tokens"], repeats=s["repeats"])
+
+    def multi(engine, model, s, run):
+        return generation.multiturn_case(engine, turns=s["turns"], user_tokens=s["user_tokens"],
+                                         reply_tokens=s["reply_tokens"], repeats=s["repeats"])
+
+    def hw(engine, model, s, run):
+        decode = [r for c in run.results for r in c.ratios if r.metric.startswith("generation tok/s")]
+        tps = decode[0].ours if decode else 0.0
+        return hardware.hardware_case(engine, tps, megabytes=s["bandwidth_mb"])
+
+    def cpu_blas(engine, model, s, run):
+        return blas.blas_case(model, prompt_length=512, max_tokens=s["max_tokens"],
+                              repeats=s["blas_repeats"])
+
+    return {"generation": gen, "multiturn": multi, "hardware": hw, "blas": cpu_blas}
+
+
+def available_cases() -> list[str]:
+    return list(_case_fns())
+
+
+def run(mode: str = "quick", model: str | None = None, cases: list[str] | None = None,
+        progress: Callable[[str], None] = lambda msg: None) -> BenchRun:
+    """Run the cases (all by default) on `model` (default: a fresh test model)."""
+    from zephyr_local.engine import Engine
+    from zephyr_local.testmodel import create_test_model
+
+    settings = MODES[mode]
+    fns = _case_fns()
+    cases = cases or list(fns)
+    unknown = [c for c in cases if c not in fns]
+    if unknown:
+        from zephyr_local.errors import ZephyrError
+
+        raise ZephyrError(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(fns)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if model is None:
+            progress("creating the test model")
+            model = str(create_test_model(Path(tmp) / "zephyr-test"))
+        engine = Engine.load(model)
+        bench = BenchRun(mode, str(engine.loaded.path), cases, machine_record())
+        try:
+            for name in cases:
+                progress(f"case {name}")
+                bench.results.append(fns[name](engine, model, settings, bench))
+        finally:
+            engine.close()
+    return bench
+
+
+def machine_slug(machine: dict) -> str:
+    name = f"{machine.get('device') or machine.get('processor')}-{machine['backend']}"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60]
+
+
+def write(bench: BenchRun, out_dir: Path) -> dict[str, Path]:
+    """Write the JSON record, the Markdown table and the PNG chart; return their paths."""
+    from zephyr_local.bench import report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
+    base = out_dir / f"{stamp}-{machine_slug(bench.machine)}"
+    record = {"date": dt.datetime.now().isoformat(timespec="seconds"), "mode": bench.mode,
+              "model": bench.model, "machine": bench.machine,
+              "cases": [c.as_dict() for c in bench.results]}
+    paths = {"json": base.with_suffix(".json"), "md": base.with_suffix(".md"),
+             "png": base.with_suffix(".png")}
+    _atomic_write(paths["json"], json.dumps(record, indent=2))
+    _atomic_write(paths["md"], report.markdown(record))
+    report.chart(record, paths["png"])
+    return paths
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,75 @@
+"""Benchmark results as a Markdown table and a PNG chart of the ratios."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _fmt(x: float) -> str:
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 1:
+        return f"{x:.2f}"
+    return f"{x:.4f}"
+
+
+def markdown(record: dict) -> str:
+    m = record["machine"]
+    mem = m.get("memory_bytes", 0) / 2**30
+    lines = [
+        f"Benchmark ({record['mode']} mode), {record['date']}: {m.get('device')} "
+        f"({m['backend']}, {mem:.0f} GiB, BLAS {m.get('blas')}), mlx {m.get('mlx_version')}, "
+        f"mlx-lm {m.get('mlx-lm_version')}; model `{Path(record['model']).name}`.",
+        "",
+        "| case | metric | zephyr-local | baseline | ratio (>1 favours us) | goal | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in record["cases"]:
+        if case["skipped"]:
+            lines.append(f"| {case['name']} | skipped: {case['skipped']} | | | | | |")
+        for r in case["ratios"]:
+            met = {True: "yes", False: "**no**", None: "-"}[r["met"]]
+            lines.append(
+                f"| {r['case']} | {r['metric']} | {_fmt(r['ours'])} {r['unit']} | "
+                f"{_fmt(r['baseline'])} {r['unit']} ({r['baseline_name']}) | {r['ratio']:.3f} | "
+                f"{r['goal']} | {met} |"
+            )
+    for case in record["cases"]:
+        if case["name"] == "hardware limit" and case["details"]:
+            d = case["details"]
+            lines += ["", f"Hardware limit: read bandwidth {d['read_bandwidth_gb_s']:.1f} GB/s, "
+                      f"{d['weight_bytes_per_token'] / 1e6:.1f} MB of weights per token, ceiling "
+                      f"{d['ceiling_tok_s']:.0f} tok/s; decode reached {d['decode_tok_s']:.0f} tok/s "
+                      f"= {100 * d['fraction_of_ceiling']:.1f}% of the ceiling."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(record: dict, path: Path) -> None:
+    """A horizontal bar per ratio, with the parity line at 1 and each goal marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = [r for c in record["cases"] for r in c["ratios"]]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * max(len(ratios), 2) + 1.2))
+    labels = [f"{r['case']}: {r['metric']}" for r in ratios]
+    colors = ["tab:green" if r["met"] else "tab:red" if r["met"] is False else "tab:blue"
+              for r in ratios]
+    ax.barh(range(len(ratios)), [r["ratio"] for r in ratios], color=colors)
+    for i, r in enumerate(ratios):
+        if r["goal"].startswith(">="):
+            ax.plot([float(r["goal"][3:])] * 2, [i - 0.4, i + 0.4], color="black", lw=2)
+    ax.axvline(1.0, color="grey", ls="--", lw=1)
+    ax.set_yticks(range(len(ratios)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio (> 1 favours zephyr-local; black marks = goal)")
+    ax.set_title(f"zephyr-local benchmark, {record['machine'].get('device')}, {record['date']}",
+                 fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
