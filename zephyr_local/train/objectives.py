@@ -1,0 +1,104 @@
+"""What a training step optimizes (DPO or SFT), and the metrics of a whole dataset.
+
+The forward functions run inside `nn.value_and_grad`, so gradients flow to the
+LoRA matrices; they are not `mx.compile`d (that would capture LoRA arrays as
+constants).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import mlx.core as mx
+import numpy as np
+
+from zephyr_local.train.data import collate, pref_batch
+from zephyr_local.train.logprobs import batched_logps, sequence_logps, token_logps
+from zephyr_local.train.losses import dpo_loss, pair_metrics
+
+
+def dpo_forward(model, tokens, mask, ref_w, ref_l, weight, loss_name, beta, eps):
+    """One forward pass over chosen+rejected rows [2B, L]; returns (weighted loss, parts)."""
+    logps, counts = sequence_logps(model, tokens, mask)
+    b = ref_w.shape[0]
+    pw, pl = logps[:b], logps[b:]
+    loss, parts = dpo_loss(loss_name, pw, pl, ref_w, ref_l, counts[:b], counts[b:], beta, eps)
+    return loss * weight, pw, pl, parts["losses"], parts["rewards_chosen"], parts["rewards_rejected"]
+
+
+def sft_forward(model, tokens, mask, weight):
+    """Cross-entropy summed over assistant tokens, times weight (1 / tokens in the step)."""
+    nll = -(token_logps(model, tokens) * mask).sum()
+    return nll * weight, nll
+
+
+class DPOObjective:
+    """Micro-batches of pairs with their cached reference log-probs."""
+
+    kind = "dpo"
+
+    def __init__(self, examples, ref: np.ndarray, loss: str, beta: float, eps: float):
+        self.examples, self.ref = examples, ref  # ref: [2, N] chosen, rejected
+        self.forward = partial(dpo_forward, loss_name=loss, beta=beta, eps=eps)
+
+    def size(self, idx) -> int:
+        return len(idx)
+
+    def inputs(self, idx, weight: float) -> tuple:
+        tokens, mask = pref_batch([self.examples[i] for i in idx])
+        return (mx.array(tokens), mx.array(mask), mx.array(self.ref[0, idx]),
+                mx.array(self.ref[1, idx]), mx.array(weight, mx.float32))
+
+    @staticmethod
+    def metrics(outputs: list, total: int) -> dict:
+        """Per-pair arrays of all micro-batches -> TRL's metrics for the step."""
+        pw, pl, losses, rc, rr = (np.concatenate([np.array(o[i]) for o in outputs])
+                                  for i in range(1, 6))
+        return pair_metrics({"losses": losses, "rewards_chosen": rc, "rewards_rejected": rr},
+                            pw, pl)
+
+
+class SFTObjective:
+    """Micro-batches of conversations, loss on assistant tokens."""
+
+    kind = "sft"
+
+    def __init__(self, examples):
+        self.examples = examples
+
+    def size(self, idx) -> int:
+        return sum(self.examples[i].n_scored for i in idx)
+
+    def inputs(self, idx, weight: float) -> tuple:
+        tokens, mask = collate([self.examples[i] for i in idx])
+        return mx.array(tokens), mx.array(mask), mx.array(weight, mx.float32)
+
+    forward = staticmethod(sft_forward)
+
+    @staticmethod
+    def metrics(outputs: list, total: int) -> dict:
+        """Mean cross-entropy per assistant token over the whole step."""
+        nll = sum(float(o[1].item()) for o in outputs)
+        return {"loss": nll / max(total, 1), "num_tokens": total}
+
+
+def dpo_eval(model, examples, ref: np.ndarray, loss: str, beta: float, eps: float,
+             batch_size: int) -> dict:
+    """DPO metrics of the policy on a preference set (per pair), plus the pair count."""
+    model.eval()
+    seqs = [e.chosen for e in examples] + [e.rejected for e in examples]
+    logps, counts = batched_logps(model, seqs, batch_size)
+    n = len(examples)
+    arr = [mx.array(a) for a in (logps[:n], logps[n:], ref[0], ref[1], counts[:n], counts[n:])]
+    _, parts = dpo_loss(loss, *arr, beta, eps)
+    return {"pairs": n, **pair_metrics(parts, arr[0], arr[1])}
+
+
+def sft_eval(model, examples, batch_size: int) -> dict:
+    """Token-level cross-entropy and perplexity over assistant tokens."""
+    model.eval()
+    logps, counts = batched_logps(model, examples, batch_size)
+    loss = float(-logps.sum() / max(counts.sum(), 1))
+    return {"rows": len(examples), "tokens": int(counts.sum()), "loss": loss,
+            "perplexity": math.exp(min(loss, 700))}

@@ -1,0 +1,196 @@
+"""One SFT or DPO run end to end: load, validate data, reference, train, save, plot."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import numpy as np
+
+from zephyr_local import loading, store
+from zephyr_local.errors import ZephyrError
+from zephyr_local.train import checkpoint as ckpt
+from zephyr_local.train.config import TrainConfig
+from zephyr_local.train.data import Dataset, load_dataset
+from zephyr_local.train.lora import adapter_config, apply_lora, atomic_write_bytes, load_adapter_into, save_adapter
+from zephyr_local.train.metrics import MetricsLog
+from zephyr_local.train.objectives import DPOObjective, SFTObjective, dpo_eval, sft_eval
+from zephyr_local.train.reference import model_fingerprint, reference_logps
+from zephyr_local.train.trainer import Hooks, make_optimizer, make_plan, run_loop
+
+RUN_CONFIG = "run_config.json"
+
+
+@dataclass
+class RunResult:
+    """What a run did."""
+
+    out: Path
+    steps: int
+    total_steps: int
+    last: dict | None = None
+    eval: dict | None = None
+    reference_from_cache: bool | None = None
+    plot: Path | None = None
+    train_summary: dict = field(default_factory=dict)
+
+
+def default_cache_dir() -> Path:
+    return store.home_dir() / "cache" / "reference"
+
+
+def _eval_source(cfg: TrainConfig) -> str | None:
+    if cfg.eval_data:
+        return cfg.eval_data
+    path = Path(cfg.data).expanduser()
+    return str(path) if path.is_dir() and (path / "valid.jsonl").is_file() else None
+
+
+class _Run:
+    """The state of one run, built step by step by `run`."""
+
+    def __init__(self, cfg: TrainConfig, models_dir, cache_dir, on_event):
+        self.cfg, self.emit = cfg, on_event or (lambda kind, payload: None)
+        self.out = Path(cfg.out).expanduser()
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.model_path = store.resolve_model(cfg.model, store.models_dir(models_dir))
+        self.loaded = loading.load(self.model_path)
+        self.model = self.loaded.model
+        tok, dc = self.loaded.tokenizer, cfg.data_config
+        self.train = load_dataset(cfg.data, cfg.kind, tok, dc, "train")
+        src = _eval_source(cfg)
+        self.valid = load_dataset(src, cfg.kind, tok, dc, "valid") if src else None
+        self.emit("data", {"train": self.train, "eval": self.valid})
+
+    def attach_lora(self) -> None:
+        mx.random.seed(self.cfg.seed)  # LoRA A init
+        if self.cfg.resume_adapter:
+            self.cfg.lora = load_adapter_into(self.model, Path(self.cfg.resume_adapter))
+        else:
+            apply_lora(self.model, self.cfg.lora)
+
+    def objective_for(self, ds: Dataset, tag: str):
+        if self.cfg.kind == "sft":
+            return SFTObjective(ds.examples), None
+        seqs = [e.chosen for e in ds.examples] + [e.rejected for e in ds.examples]
+        start = Path(self.cfg.resume_adapter) if self.cfg.resume_adapter else None
+        fp = model_fingerprint(self.model_path, start)
+        ref, hit, path = reference_logps(self.model, seqs, fp, self.cache_dir,
+                                         self.cfg.batch_size * 2, base_only=start is None)
+        self.emit("reference", {"data": tag, "cached": hit, "path": str(path), "rows": len(seqs)})
+        ref = ref.reshape(2, len(ds.examples))
+        c = self.cfg
+        return DPOObjective(ds.examples, ref, c.loss, c.beta, c.label_smoothing), hit
+
+    def evaluate(self, objective) -> dict:
+        c = self.cfg
+        if c.kind == "dpo":
+            m = dpo_eval(self.model, objective.examples, objective.ref, c.loss, c.beta,
+                         c.label_smoothing, c.batch_size * 2)
+        else:
+            m = sft_eval(self.model, objective.examples, c.batch_size)
+        self.model.train()
+        return m
+
+    def adapter_config(self, steps: int) -> dict:
+        extra = {"base_model": str(self.model_path), "zephyr_local": {
+            "kind": self.cfg.kind, "steps": steps, "loss": self.cfg.loss, "beta": self.cfg.beta,
+            "resume_adapter": self.cfg.resume_adapter}}
+        return adapter_config(self.cfg.lora, len(self.model.layers), extra)
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    if resume:
+        return
+    if (out / "metrics.jsonl").exists() or ckpt.checkpoints_dir(out).exists():
+        raise ZephyrError(f"{out} already holds a training run: pass --resume to continue it, "
+                          "or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def load_run_config(out: Path) -> dict:
+    """The config a run in `out` was started with (for --resume)."""
+    path = Path(out).expanduser() / RUN_CONFIG
+    if not path.exists():
+        raise ZephyrError(f"{path}: missing: {out} holds no run to resume")
+    return json.loads(path.read_text())
+
+
+def run(cfg: TrainConfig, *, resume: bool = False, models_dir=None, cache_dir=None,
+        on_event: Callable[[str, object], None] | None = None) -> RunResult:
+    """Train an adapter (SFT or DPO) as `cfg` says; see the `sft` / `dpo` commands.
+
+    Raises:
+        ZephyrError: bad model, data or adapter; TrainingError on a non-finite loss.
+        KeyboardInterrupt: after writing a checkpoint.
+    """
+    out = Path(cfg.out).expanduser()
+    _prepare_out(out, resume)
+    r = _Run(cfg, models_dir, cache_dir, on_event)
+    r.attach_lora()
+    objective, hit = r.objective_for(r.train, "train")
+    eval_obj = r.objective_for(r.valid, "eval")[0] if r.valid else None
+    plan = make_plan(cfg, len(r.train))
+    optimizer = make_optimizer(cfg, plan)
+    log = MetricsLog(out / "metrics.jsonl")
+    start = _restore(r, optimizer, log) if resume else 0
+    if not resume:
+        text = json.dumps(cfg.to_dict(), indent=2)
+        atomic_write_bytes(out / RUN_CONFIG, lambda p: Path(p).write_text(text))
+    result = RunResult(out, start, plan.total_steps, reference_from_cache=hit,
+                       train_summary=r.train.summary.as_dict())
+    r.emit("start", {"total": plan.total_steps, "start": start, "plan": plan})
+
+    def on_step(record):
+        log.append(record)
+        result.last = record
+        r.emit("step", record)
+
+    def on_eval(step):
+        record = {"step": step, **{f"eval/{k}": v for k, v in r.evaluate(eval_obj).items()}}
+        log.append(record)
+        result.eval = record
+        r.emit("eval", record)
+
+    def on_checkpoint(step):
+        state = {"step": step, "kind": cfg.kind, "config": cfg.to_dict(),
+                 "data_order": {"scheme": "numpy default_rng([seed, epoch]).permutation",
+                                "next_micro_batch": step * plan.accumulation},
+                 "rng": {"scheme": "mx.random.seed(seed * 1000003 + step) before each step",
+                         "seed": cfg.seed}}
+        path = ckpt.save_checkpoint(out, r.model, optimizer, state)
+        save_adapter(out, r.model, r.adapter_config(step))
+        r.emit("checkpoint", {"step": step, "path": str(path)})
+        return path
+
+    hooks = Hooks(on_step, on_eval if eval_obj else (lambda s: None), on_checkpoint)
+    result.steps = run_loop(r.model, objective, optimizer, plan, cfg, start, hooks)
+    if eval_obj is not None:
+        on_eval(result.steps)
+    on_checkpoint(result.steps)
+    result.plot = _plot(out, log)
+    r.emit("done", result)
+    return result
+
+
+def _restore(r: _Run, optimizer, log: MetricsLog) -> int:
+    path = ckpt.latest_checkpoint(r.out)
+    if path is None:
+        raise ZephyrError(f"{r.out}: no checkpoint to resume from")
+    state = ckpt.load_checkpoint(path, r.model, optimizer)
+    log.truncate_after(state["step"])  # steps logged after the checkpoint are replayed
+    return int(state["step"])
+
+
+def _plot(out: Path, log: MetricsLog) -> Path | None:
+    from zephyr_local.train.plot import plot_metrics
+
+    records = log.read()
+    if not records:
+        return None
+    path = out / "metrics.png"
+    plot_metrics(records, path)
+    return path
