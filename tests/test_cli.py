@@ -228,3 +228,21 @@ def test_help_does_not_import_mlx():
     code = "import sys; from zephyr_local.cli import cli; print('mlx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_zephyr_local_home_moves_the_store(tmp_path, test_model):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from zephyr_local.cli import cli
+
+    home = tmp_path / "home"
+    shutil.copytree(test_model, home / "models" / "my-model")
+    runner = CliRunner(env={"ZEPHYR_LOCAL_HOME": str(home)})
+    info = json.loads(runner.invoke(cli, ["info", "--json"]).stdout)
+    assert info["models_dir"] == str(home / "models")
+    listed = json.loads(runner.invoke(cli, ["models", "--json"]).stdout)
+    assert [row["name"] for row in listed] == ["my-model"]
+    r = runner.invoke(cli, ["generate", "-m", "my-model", "--temp", "0", "--max-tokens", "2", "-p", "x"])
+    assert r.exit_code == 0, r.output
