@@ -345,6 +345,9 @@ def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) ->
 
 
 # --- training commands: sft, dpo, evaluate, fuse (zephyr_local/train/) ---
+from zephyr_local.train.commands import register as _register_training  # noqa: E402
+
+_register_training(cli)
 
 # --- bench command (benchmarks/) ---
 
