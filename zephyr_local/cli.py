@@ -311,6 +311,37 @@ def create_test_model_cmd(ctx, out_dir, seed, dtype, force) -> None:
 
 # --- pull command (zephyr_local/pull.py) ---
 
+
+@cli.command("pull")
+@click.argument("repo_id", required=False)
+@click.option("--revision", default=None, help="Branch, tag or commit (default: main).")
+@click.option("--force", is_flag=True, help="Download again even if the model is in the store.")
+@click.pass_context
+def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> None:
+    """Download a model from the Hugging Face hub into the store (default: Zephyr-7B-beta).
+
+    Only safetensors weights and the config/tokenizer files are fetched; pickle
+    checkpoints are refused. An interrupted pull resumes where it stopped when run again.
+
+    Example: zephyr-local pull HuggingFaceH4/zephyr-7b-beta
+    """
+    from zephyr_local import pull, store
+
+    repo_id = repo_id or store.DEFAULT_REPO
+    try:
+        result = pull.pull(repo_id, _store(ctx), revision=revision, force=force,
+                           notify=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        click.echo("The partial download is kept: the same command resumes it.", err=True)
+        raise
+    size = _human(result.size_bytes)
+    if result.already_present:
+        click.echo(f"{repo_id} is already in the store: {result.path} ({size}). "
+                   "Use --force to download it again.")
+        return
+    click.echo(f"Pulled {repo_id} @ {result.commit[:12]} into {result.path} ({size}).")
+    click.echo(f"Next: zephyr-local quantize {repo_id} --bits 4")
+
 # --- quantize command (zephyr_local/quantize.py) ---
 
 # --- chat command (zephyr_local/tui/) ---

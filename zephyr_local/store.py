@@ -19,6 +19,9 @@ from zephyr_local.safetensors_header import read_header
 DEFAULT_REPO = "HuggingFaceH4/zephyr-7b-beta"
 DEFAULT_MODEL = "zephyr-7b-beta-4bit"  # what `quantize` makes of DEFAULT_REPO
 SOURCE_FILE = ".zephyr-local-source.json"  # written by `pull`: repo id and revision
+# The files of a hub repo that make a model here (what `pull` downloads): never pickles.
+MODEL_FILE_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.jinja"]
+NOT_MODEL_FILE_PATTERNS = ["*.bin.index.json", "*/*"]  # the index of pickle shards; subfolders
 _CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,7 +50,11 @@ def _hf_cache_snapshot(repo_id: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        path = snapshot_download(repo_id, local_files_only=True)
+        # Only the files a model needs: without patterns, huggingface_hub calls a snapshot
+        # downloaded without the repo's pickle files (as mlx-lm and `pull` do) incomplete.
+        path = snapshot_download(repo_id, local_files_only=True,
+                                 allow_patterns=MODEL_FILE_PATTERNS,
+                                 ignore_patterns=NOT_MODEL_FILE_PATTERNS)
     except Exception:  # not cached, or an invalid id: both mean "not here"
         return None
     return Path(path) if (Path(path) / "config.json").exists() else None

@@ -1,0 +1,355 @@
+"""`zephyr-local pull`: download a Hugging Face model into the store, safetensors only.
+
+huggingface_hub does the talking to the hub: the file listing with sizes and hashes,
+auth headers, error types, and ranged GETs that retry within a run. This module adds
+what it lacks for a 15 GB download: resuming a half-downloaded file in a later run
+(huggingface_hub 2.x deletes partial files on failure), a store directory that only
+appears once complete and verified, and one-line errors for the CLI.
+
+Layout while downloading: `<store>/.partial/<name>/` holds finished files and
+`<file>.incomplete` ones; `<store>/.partial/<name>.json` records the commit they
+belong to. At the end the directory is renamed to `<store>/<name>` in one step.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from zephyr_local import loading
+from zephyr_local.errors import ModelFormatError, ModelNotFoundError, ZephyrError
+from zephyr_local.store import (
+    MODEL_FILE_PATTERNS, NOT_MODEL_FILE_PATTERNS, SOURCE_FILE, store_name,
+)
+
+PARTIAL_DIR = ".partial"
+INCOMPLETE = ".incomplete"
+
+
+class HubUnreachableError(ZephyrError):
+    """The hub cannot be reached (offline, no network, or HF_HUB_OFFLINE=1)."""
+
+    exit_code = 2
+
+
+@dataclass
+class RemoteFile:
+    """One file of the repo, as the hub lists it."""
+
+    name: str
+    size: int | None
+    sha256: str | None = None  # LFS files: sha256 of the content
+    blob_id: str | None = None  # other files: the git blob id of the content
+
+
+@dataclass
+class PullResult:
+    """What `pull` did."""
+
+    path: Path
+    repo_id: str
+    commit: str | None
+    size_bytes: int
+    already_present: bool = False
+    downloaded_bytes: int = 0
+
+
+def pull(
+    repo_id: str,
+    store: Path,
+    revision: str | None = None,
+    force: bool = False,
+    notify: Callable[[str], None] | None = None,
+) -> PullResult:
+    """Download `repo_id` into `store/<name>`, resuming an earlier partial download.
+
+    Args:
+        repo_id: the hub id, e.g. "HuggingFaceH4/zephyr-7b-beta".
+        store: the model store directory.
+        revision: branch, tag or commit (default: the repo's main branch).
+        force: download again even if the model is already in the store.
+        notify: called with one line of news at each stage.
+
+    Raises:
+        ModelNotFoundError: unknown repo or revision, or a gated repo without access.
+        ModelFormatError: no safetensors weights (pickle checkpoints are refused), or
+            a model that zephyr-local cannot run.
+        HubUnreachableError: offline, or the hub cannot be reached.
+        ZephyrError: disk full, or a download that failed its checksum.
+    """
+    notify = notify or (lambda line: None)
+    _validate_repo_id(repo_id)
+    target = store / store_name(repo_id)
+    if target.exists() and not force:
+        return PullResult(target, repo_id, _read_json(target / SOURCE_FILE).get("commit"),
+                          _dir_size(target), already_present=True)
+    partial_root = store / PARTIAL_DIR
+    partial_root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(partial_root / f"{target.name}.lock", repo_id):
+        commit, files = list_files(repo_id, revision)
+        partial = partial_root / target.name
+        _prepare_partial(partial, partial_root / f"{target.name}.json", repo_id, commit, notify)
+        todo = [f for f in files if not (partial / f.name).is_file()]
+        _check_disk_space(partial, todo)
+        total = sum(f.size or 0 for f in files)
+        notify(f"Pulling {repo_id} @ {commit[:12]}: {len(files)} files, {_human(total)}"
+               f" ({len(files) - len(todo)} already here)")
+        downloaded = _download_all(repo_id, commit, partial, todo)
+        _finish(partial, target, {
+            "repo_id": repo_id, "revision": revision or "main", "commit": commit,
+            "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+        (partial_root / f"{target.name}.json").unlink(missing_ok=True)
+    return PullResult(target, repo_id, commit, _dir_size(target), downloaded_bytes=downloaded)
+
+
+def list_files(repo_id: str, revision: str | None = None) -> tuple[str, list[RemoteFile]]:
+    """The commit `revision` points at, and the files `pull` takes from it.
+
+    Raises:
+        ModelFormatError: the repo has no safetensors weights or no config.json.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import filter_repo_objects
+
+    with hub_errors(repo_id, revision):
+        # One request: commit sha plus every file's size and hash (`blobs=true`).
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True,
+                                  timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    siblings = info.siblings or []
+    names = [s.rfilename for s in siblings]
+    keep = set(filter_repo_objects(names, allow_patterns=MODEL_FILE_PATTERNS,
+                                   ignore_patterns=NOT_MODEL_FILE_PATTERNS))
+    files = [
+        RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None,
+                   None if s.lfs else s.blob_id)
+        for s in siblings if s.rfilename in keep
+    ]
+    if not any(f.name.endswith(".safetensors") for f in files):
+        pickles = [n for n in names if n.endswith(loading.PICKLE_SUFFIXES)]
+        what = f"only pickle checkpoints ({pickles[0]})" if pickles else "no weights"
+        raise ModelFormatError(
+            f"{repo_id} has {what} and no *.safetensors: zephyr-local only downloads "
+            "safetensors (pickle checkpoints can run code); look for a safetensors copy"
+        )
+    if "config.json" not in keep:
+        raise ModelFormatError(f"{repo_id} has no config.json: it is not a transformers model")
+    # Small files first, so a bad config.json is caught before gigabytes of weights.
+    files.sort(key=lambda f: (f.name.endswith(".safetensors"), f.size or 0, f.name))
+    return info.sha, files
+
+
+@contextmanager
+def hub_errors(repo_id: str, revision: str | None, resume_hint: str = "") -> Iterator[None]:
+    """Turn huggingface_hub and network exceptions into one-line ZephyrErrors."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = constants.ENDPOINT
+    login = "run `hf auth login` or set HF_TOKEN"
+    try:
+        yield
+    except OfflineModeIsEnabled:
+        raise HubUnreachableError(
+            f"cannot reach the Hugging Face hub: offline mode is on (HF_HUB_OFFLINE=1) and "
+            f"{repo_id} is not in the store; run again when online{resume_hint}") from None
+    except (httpx2.TransportError, httpx2.StreamError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HubUnreachableError(
+            f"cannot reach the Hugging Face hub at {endpoint} ({reason}); "
+            f"run again when online{resume_hint}") from None
+    except GatedRepoError:  # a subclass of RepositoryNotFoundError: test it first
+        raise ModelNotFoundError(
+            f"{repo_id} is gated: accept its terms at {endpoint}/{repo_id}, then {login}") from None
+    except RevisionNotFoundError:
+        raise ModelNotFoundError(
+            f"revision {revision!r} not found in {repo_id} (give a branch, tag or commit)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(
+            f"repository {repo_id!r} not found on {endpoint} (if it is private, {login})"
+        ) from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        hint = login if status in (401, 403) else f"try again later{resume_hint}"
+        raise ZephyrError(f"the hub refused {repo_id} (HTTP {status}): {hint}") from None
+
+
+def _validate_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ZephyrError(f"invalid repo id {repo_id!r}: expected owner/name, "
+                          "e.g. HuggingFaceH4/zephyr-7b-beta") from None
+
+
+@contextmanager
+def _exclusive(lock_path: Path, repo_id: str) -> Iterator[None]:
+    """One pull per model at a time: two would append to the same partial files."""
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ZephyrError(f"another `zephyr-local pull` of {repo_id} is running") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _prepare_partial(partial: Path, state: Path, repo_id: str, commit: str,
+                     notify: Callable[[str], None]) -> None:
+    """Keep a partial download of the same commit; discard one of another commit."""
+    old = _read_json(state)
+    if partial.exists() and (old.get("repo_id"), old.get("commit")) != (repo_id, commit):
+        notify(f"Discarding a partial download of {old.get('repo_id')} @ "
+               f"{str(old.get('commit'))[:12]} (now at {commit[:12]})")
+        shutil.rmtree(partial)
+    elif partial.exists():
+        notify(f"Resuming the partial download in {partial}")
+    partial.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(state, {"repo_id": repo_id, "commit": commit})
+
+
+def _check_disk_space(partial: Path, todo: list[RemoteFile]) -> None:
+    need = sum((f.size or 0) - _size_or_zero(partial / (f.name + INCOMPLETE)) for f in todo)
+    free = shutil.disk_usage(partial).free
+    if need > free:
+        raise ZephyrError(
+            f"not enough disk space in {partial.parent.parent}: the download needs "
+            f"{_human(need)} more, {_human(free)} is free"
+        )
+
+
+def _download_all(repo_id: str, commit: str, partial: Path, todo: list[RemoteFile]) -> int:
+    """Download each missing file; returns the bytes fetched."""
+    resume = f" (the partial download in {partial} is kept: the same command resumes it)"
+    before = sum(_size_or_zero(partial / (f.name + INCOMPLETE)) for f in todo)
+    checked = False
+    for remote in todo:
+        if remote.name.endswith(".safetensors") and not checked:
+            _check_config(partial)
+            checked = True
+        try:
+            with hub_errors(repo_id, commit, resume):
+                _download_file(repo_id, commit, partial, remote)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise ZephyrError(f"disk full while writing {remote.name}: free some space, "
+                                  f"then run the same command{resume}") from None
+            raise ZephyrError(f"{remote.name}: {str(exc).splitlines()[0]}{resume}") from None
+    return sum(f.size or 0 for f in todo) - before
+
+
+def _download_file(repo_id: str, commit: str, partial: Path, remote: RemoteFile) -> None:
+    """Fetch one file into `partial`, continuing its `.incomplete` part with a Range request."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    dest = partial / remote.name
+    part = partial / (remote.name + INCOMPLETE)
+    if remote.size is not None and _size_or_zero(part) > remote.size:
+        part.unlink()  # longer than the file: not ours
+    url = hf_hub_url(repo_id, remote.name, revision=commit)
+    with _open_incomplete(part) as handle:
+        http_get(url, handle, resume_size=handle.tell(), headers=build_hf_headers(),
+                 expected_size=remote.size, displayed_filename=remote.name)
+    if not _verify(part, remote):
+        part.unlink()
+        raise ZephyrError(f"{remote.name}: checksum mismatch with the hub (the corrupt copy "
+                          "was deleted); run the same command again")
+    os.replace(part, dest)
+
+
+def _open_incomplete(path: Path):
+    """Append to a part file (a seam for tests that simulate a full disk)."""
+    return open(path, "ab")
+
+
+def _verify(path: Path, remote: RemoteFile) -> bool:
+    """The file's content matches the hash the hub listed (sha256 for LFS, git blob id else)."""
+    from huggingface_hub.utils.sha import git_hash, sha_fileobj
+
+    if remote.size is not None and path.stat().st_size != remote.size:
+        return False
+    if remote.sha256:
+        with open(path, "rb") as handle:
+            return sha_fileobj(handle).hex() == remote.sha256
+    if remote.blob_id:
+        return git_hash(path.read_bytes()) == remote.blob_id
+    return True
+
+
+def _check_config(partial: Path) -> None:
+    """Refuse a model zephyr-local cannot run before downloading its weights."""
+    config = _read_json(partial / "config.json")
+    if config.get("model_type") not in loading.SUPPORTED_MODEL_TYPES or config.get("auto_map"):
+        shutil.rmtree(partial)
+        raise ModelFormatError(
+            f"config.json: model_type {config.get('model_type')!r}"
+            f"{' with custom code (auto_map)' if config.get('auto_map') else ''} is not supported "
+            f"(zephyr-local runs {' and '.join(loading.SUPPORTED_MODEL_TYPES)} models); "
+            "nothing was kept"
+        )
+
+
+def _finish(partial: Path, target: Path, source: dict) -> None:
+    """Check the complete download, record its source, and move it into place in one rename."""
+    loading.check_model_dir(partial)
+    _write_json_atomic(partial / SOURCE_FILE, source)
+    if target.exists():  # --force: swap, so that `target` is never a half-written model
+        old = partial.with_name(partial.name + ".replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(target, old)
+        os.rename(partial, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(partial, target)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
