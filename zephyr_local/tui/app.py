@@ -59,8 +59,8 @@ class ChatApp(HistoryMixin, App):
         Binding("ctrl+n", "new_chat", "New chat"),
         Binding("ctrl+r", "regenerate", "Regenerate"),
         Binding("ctrl+b", "toggle_sidebar", "History"),
-        Binding("f2", "system_prompt", "System prompt"),
-        Binding("f3", "sampling", "Sampling"),
+        Binding("f2", "system_prompt", "System prompt", show=False),
+        Binding("f3", "sampling", "Sampling", show=False),
         Binding("f1", "help", "Help"),
     ]
 
@@ -206,6 +206,7 @@ class ChatApp(HistoryMixin, App):
         return True
 
     async def _start_reply(self) -> None:
+        messages = self.chat_messages()  # before the reply's own view joins the chat
         chat = self.query_one("#chat", VerticalScroll)
         view = MessageView("assistant")
         view.add_class("streaming")
@@ -213,7 +214,7 @@ class ChatApp(HistoryMixin, App):
         chat.anchor()
         self.generating = True
         stream = Markdown.get_stream(view.markdown)
-        self._generate(self.chat_messages(), self.options, view, stream)
+        self._generate(messages, self.options, view, stream)
 
     @work(thread=True, group="reply", exit_on_error=False)
     def _generate(self, messages: list[dict], options: SamplingOptions, view, stream) -> None:

@@ -10,6 +10,7 @@ from textual.widgets import TextArea
 # Terminals disagree on what they send for modified Enter: Ctrl+J is a plain LF
 # everywhere; Alt/Option+Enter works in iTerm2, macOS Terminal (Option as Meta)
 # and Linux terminals; Shift+Enter only where the terminal reports it (kitty protocol).
+# The bindings below are for the footer; _on_key does the work.
 NEWLINE_KEYS = ("ctrl+j", "alt+enter", "shift+enter", "ctrl+enter")
 
 
@@ -46,8 +47,12 @@ class PromptInput(TextArea):
         self._recall = len(self.sent_history)
 
     async def _on_key(self, event: events.Key) -> None:
+        # Handled here, not only as bindings: a bubbled binding runs after the keys
+        # typed next, which puts the newline in the wrong place.
         row, _ = self.cursor_location
-        if event.key == "up" and row == 0 and self.sent_history and self._recall > 0:
+        if event.key in NEWLINE_KEYS:
+            self.action_newline()
+        elif event.key == "up" and row == 0 and self.sent_history and self._recall > 0:
             self._show_recalled(self._recall - 1)
         elif event.key == "down" and row == self.document.line_count - 1 and (
             self._recall < len(self.sent_history)

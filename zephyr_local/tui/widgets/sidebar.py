@@ -60,9 +60,8 @@ class HistorySidebar(Vertical):
         await view.clear()
         items = [ConversationItem(c.id, c.title) for c in conversations]
         await view.extend(items)
-        for i, item in enumerate(items):
-            if item.conversation_id == current:
-                view.index = i
+        ids = [item.conversation_id for item in items]
+        view.index = ids.index(current) if current in ids else (0 if ids else None)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()

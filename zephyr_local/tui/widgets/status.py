@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-GAUGE_WIDTH = 10
+GAUGE_WIDTH = 8
 
 
 def gauge(used: int, budget: int, width: int = GAUGE_WIDTH) -> str:
@@ -16,8 +16,8 @@ def gauge(used: int, budget: int, width: int = GAUGE_WIDTH) -> str:
 
 def describe_quantization(quant: dict | None) -> str:
     if not quant:
-        return "unquantized"
-    return f"{quant.get('bits', '?')}-bit g{quant.get('group_size', '?')}"
+        return "full precision"
+    return f"{quant.get('bits', '?')}-bit/g{quant.get('group_size', '?')}"
 
 
 class StatusBar(Static):
@@ -50,8 +50,8 @@ class StatusBar(Static):
         s = self.stats
         if s is not None:
             parts += [
-                f"prompt {s.prompt_tps:.0f} tok/s ({s.prefilled_tokens} prefilled)",
-                f"gen {s.generation_tps:.1f} tok/s",
+                f"prefilled {s.prefilled_tokens} tok @ {s.prompt_tps:.0f} t/s",
+                f"gen {s.generation_tps:.1f} t/s",
                 f"TTFT {s.ttft_s:.2f}s",
             ]
         used, budget = self.context

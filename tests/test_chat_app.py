@@ -1,0 +1,468 @@
+"""The chat app, driven by Textual's Pilot on the tiny test model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from zephyr_local.cli import read_messages
+from zephyr_local.engine import Response
+from zephyr_local.errors import ZephyrError
+from zephyr_local.history import History, StoredMessage
+from zephyr_local.sampling import SamplingOptions
+from zephyr_local.template import encode
+from zephyr_local.tui.app import ChatApp, ChatConfig
+from zephyr_local.tui.generation import clean_for_display, stream_batched
+from zephyr_local.tui.missing_screen import ModelMissingScreen
+from zephyr_local.tui.text_screen import TextEditScreen
+from zephyr_local.tui.widgets.message import MessageView, last_code_block
+from zephyr_local.tui.widgets.prompt import PromptInput
+from zephyr_local.tui.widgets.sidebar import ConversationItem, HistorySidebar
+
+GREEDY = SamplingOptions(temperature=0.0, max_tokens=8)
+SIZE = (100, 30)
+
+
+async def wait_until(pilot, condition, timeout: float = 30.0) -> None:
+    """Let the app run until `condition()` holds (fails the test after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the app")
+        await pilot.pause(0.02)
+
+
+async def type_and_send(pilot, text: str) -> None:
+    pilot.app.query_one(PromptInput).text = text
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: not pilot.app.generating)
+
+
+def make_app(engine, tmp_path, options=GREEDY, **config) -> ChatApp:
+    cfg = ChatConfig(options=options, history_path=tmp_path / "history.sqlite", **config)
+    return ChatApp(cfg, engine=engine)
+
+
+def roles(app):
+    return [v.role for v in app.views()]
+
+
+def stored(tmp_path, conversation_id):
+    with_db = History(tmp_path / "history.sqlite")
+    try:
+        return with_db.messages(conversation_id)
+    finally:
+        with_db.close()
+
+
+def reference_reply(engine, messages, options=GREEDY) -> str:
+    """The engine's own reply on a fresh session: the oracle for what the app shows."""
+    return "".join(r.text for r in engine.session().reply(messages, options))
+
+
+# -- pure pieces ---------------------------------------------------------------
+
+
+def test_stream_batched_flushes_by_time_and_keeps_every_piece():
+    ticks = iter(i * 0.01 for i in range(100))  # each record arrives 10 ms after the last
+    records = [Response(f"t{i} ", i) for i in range(10)] + [Response("end", None, "stop")]
+    chunks = []
+    text, final = stream_batched(records, chunks.append, interval=0.04, clock=lambda: next(ticks))
+    assert text == "".join(r.text for r in records) and final is records[-1]
+    assert "".join(chunks) == text
+    # Clock 0.00 at start, record i seen at 0.01*(i+1): flushes at 0.04, 0.08, then the rest.
+    assert chunks == ["t0 t1 t2 t3 ", "t4 t5 t6 t7 ", "t8 t9 end"]
+
+
+def test_clean_for_display_strips_terminal_escapes():
+    raw = "a\x1b[31mred\x1b[0m b\x1b]0;title\x07c\x07\x00d\r\ne\tf\x9b"
+    assert clean_for_display(raw) == "ared bcd\ne\tf"
+
+
+def test_last_code_block():
+    md = "x\n```python\nprint(1)\n```\ntext\n```\nsecond\nblock\n```\n"
+    assert last_code_block(md) == "second\nblock\n"
+    assert last_code_block("no code") is None
+
+
+# -- the conversation loop -----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_send_streams_the_engines_reply_and_commits_it(engine, tmp_path):
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await type_and_send(pilot, "Hello there")
+        assert roles(app) == ["user", "assistant"]
+        reply = app.views()[1]
+        expected = reference_reply(engine, [{"role": "user", "content": "Hello there"}])
+        assert reply.content == expected and reply.finish_reason == "length"
+        assert reply.markdown.source == clean_for_display(expected)
+        assert app.query_one(PromptInput).text == ""
+        stats = app.last_final.stats
+        assert stats.generation_tokens == GREEDY.max_tokens
+        status = str(app.query_one("#status").render())
+        assert f"prefilled {stats.prefilled_tokens} tok" in status and "cpu" in status
+        used = stats.prompt_tokens + stats.generation_tokens
+        assert f"{used}/{engine.context_window}" in status
+        rows = stored(tmp_path, app.conversation_id)
+        assert [(m.role, m.content, m.finish_reason) for m in rows] == [
+            ("user", "Hello there", None), ("assistant", expected, "length")]
+        assert rows[1].stats["generation_tokens"] == GREEDY.max_tokens
+
+
+@pytest.mark.asyncio
+async def test_escape_stops_and_the_conversation_goes_on(engine, tmp_path):
+    app = make_app(engine, tmp_path, options=SamplingOptions(temperature=0, max_tokens=3000))
+    async with app.run_test(size=SIZE) as pilot:
+        app.query_one(PromptInput).text = "Write a long story"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.generating and app.views()[-1].markdown.source)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not app.generating)
+        reply = app.views()[1]
+        assert reply.finish_reason == "cancelled" and reply.has_class("stopped")
+        assert "stopped" in str(reply.query_one(".header").render())
+        assert 0 < app.last_final.stats.generation_tokens < 3000
+        assert stored(tmp_path, app.conversation_id)[1].finish_reason == "cancelled"
+        app.options = GREEDY
+        await type_and_send(pilot, "Go on")
+        assert roles(app) == ["user", "assistant", "user", "assistant"]
+        assert app.views()[-1].finish_reason == "length"
+
+
+@pytest.mark.asyncio
+async def test_follow_up_regenerate_and_edit_reuse_the_cache(engine, tmp_path):
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await type_and_send(pilot, "First question")
+        first = app.last_final.stats
+        await type_and_send(pilot, "Second question")
+        second = app.last_final.stats
+        # The follow-up did not prefill the first turn again.
+        assert second.prefilled_tokens < second.prompt_tokens - first.prompt_tokens
+        old_reply = app.views()[-1].content
+
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: not app.generating)
+        regen = app.last_final.stats
+        assert roles(app) == ["user", "assistant"] * 2
+        assert app.views()[-1].content == old_reply  # greedy: the same reply again
+        assert regen.prefilled_tokens == 1  # the whole prompt came from the cache
+
+        app.views()[0].focus()
+        await pilot.press("e")
+        await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
+        app.screen.query_one("TextArea").text = "First question, edited"
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: len(app.views()) == 2 and not app.generating)
+        edited = app.last_final.stats
+        messages = [{"role": "user", "content": "First question, edited"}]
+        assert edited.prompt_tokens == len(encode(engine.tokenizer, messages))
+        assert 0 < edited.prefilled_tokens < edited.prompt_tokens  # the shared prefix was kept
+        rows = stored(tmp_path, app.conversation_id)
+        assert [m.content for m in rows] == ["First question, edited",
+                                             reference_reply(engine, messages)]
+
+
+@pytest.mark.asyncio
+async def test_new_chat_and_system_prompt(engine, hf_tokenizer, tmp_path):
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await type_and_send(pilot, "One")
+        first_id = app.conversation_id
+        await pilot.press("ctrl+n")
+        assert app.views() == [] and app.conversation_id is None
+        await type_and_send(pilot, "/system Answer like a pirate.")
+        assert app.system_prompt == "Answer like a pirate." and app.views() == []
+        await type_and_send(pilot, "Two")
+        messages = [{"role": "system", "content": "Answer like a pirate."},
+                    {"role": "user", "content": "Two"}]
+        # HF's template emits no BOS; encoding the rendered text adds it, as at training.
+        rendered = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                    tokenize=False)
+        oracle = hf_tokenizer(rendered)["input_ids"]
+        assert app.last_final.stats.prompt_tokens == len(oracle)
+        assert app.conversation_id != first_id
+        # F2 opens the editor for the same prompt.
+        await pilot.press("f2")
+        await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
+        app.screen.query_one("TextArea").text = "Be brief."
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: app.system_prompt == "Be brief.")
+    history = History(tmp_path / "history.sqlite")
+    assert [c.system_prompt for c in history.list()] == ["Be brief.", None]
+    history.close()
+
+
+@pytest.mark.asyncio
+async def test_restart_resumes_from_history_sidebar(engine, tmp_path):
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await type_and_send(pilot, "Remember the llamas")
+        contents = [v.content for v in app.views()]
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.views() == []
+        await pilot.press("ctrl+b")
+        sidebar = app.query_one(HistorySidebar)
+        await wait_until(pilot, lambda: len(sidebar.list_view.children) == 1)
+        assert sidebar.query_one(ConversationItem).title == "Remember the llamas"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: len(app.views()) == 2)
+        assert [v.content for v in app.views()] == contents
+        await type_and_send(pilot, "And then?")
+        assert len(stored(tmp_path, app.conversation_id)) == 4
+        # Search, rename, delete from the sidebar.
+        sidebar.query_one("#history-search").value = "no such text"
+        await wait_until(pilot, lambda: len(sidebar.list_view.children) == 0)
+        sidebar.query_one("#history-search").value = "llamas"
+        await wait_until(pilot, lambda: len(sidebar.list_view.children) == 1)
+        sidebar.list_view.focus()
+        await pilot.press("r")
+        await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
+        app.screen.query_one("TextArea").text = "Llama talk"
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: app.history.get(app.conversation_id).title == "Llama talk")
+        await pilot.press("d")
+        await wait_until(pilot, lambda: app.history.list() == [])
+        assert app.views() == [] and app.conversation_id is None
+
+
+@pytest.mark.asyncio
+async def test_export_writes_markdown_and_json_that_generate_reads(engine, tmp_path, run_cli):
+    app = make_app(engine, tmp_path, system_prompt="Be kind.")
+    async with app.run_test(size=SIZE) as pilot:
+        await type_and_send(pilot, "Hi")
+        reply = app.views()[1].content
+        await type_and_send(pilot, f"/export {tmp_path / 'chat.json'}")
+        await type_and_send(pilot, f"/export {tmp_path / 'chat.md'}")
+    expected = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": reply}]
+    assert read_messages(str(tmp_path / "chat.json")) == expected
+    assert json.loads((tmp_path / "chat.json").read_text())["messages"] == expected
+    result = run_cli("tokenize", "-m", "zephyr-test", "--messages", str(tmp_path / "chat.json"))
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "chat.md").read_text()
+    assert "**User:**\n\nHi" in md and "**System:**\n\nBe kind." in md
+
+
+@pytest.mark.asyncio
+async def test_copy_message_and_code_block(engine, tmp_path):
+    history = History(tmp_path / "history.sqlite")
+    cid = history.create()
+    history.append(cid, StoredMessage("user", "Show code"))
+    history.append(cid, StoredMessage("assistant", "Here:\n```python\nprint('hi')\n```\n", "stop"))
+    history.close()
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.open_conversation(cid)
+        app.views()[1].focus()
+        await pilot.press("b")
+        assert app.clipboard == "print('hi')\n"
+        await pilot.press("c")
+        assert app.clipboard == "Here:\n```python\nprint('hi')\n```\n"
+
+
+# -- faults --------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_model_missing_screen_and_history_still_opens(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZEPHYR_LOCAL_HOME", str(tmp_path))
+    history = History(tmp_path / "history.sqlite")
+    history.append(history.create(), StoredMessage("user", "old chat"))
+    history.close()
+    app = ChatApp(ChatConfig(model="zephyr-7b-beta-4bit", models_dir=str(tmp_path / "models"),
+                             history_path=tmp_path / "history.sqlite"))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ModelMissingScreen)
+                         and app.screen.query("#missing-message"))
+        text = str(app.screen.query_one("#missing-message").render())
+        assert "not found" in text and "zephyr-local pull" in text
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, ModelMissingScreen))
+        app.query_one(PromptInput).text = "hello"
+        await pilot.press("enter")
+        assert app.views() == [] and app.query_one(PromptInput).text == "hello"
+        await pilot.press("ctrl+b")
+        sidebar = app.query_one(HistorySidebar)
+        await wait_until(pilot, lambda: len(sidebar.list_view.children) == 1)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: len(app.views()) == 1)
+        assert app.views()[0].content == "old chat"
+
+
+@pytest.mark.asyncio
+async def test_generation_error_restores_input_and_keeps_conversation(engine, tmp_path):
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await type_and_send(pilot, "Fine")
+        notes = []
+        app.notify = lambda message, **kw: notes.append(message)
+        huge = "lorem ipsum dolor " * 6000  # a 100 KB paste: far past the context budget
+        await type_and_send(pilot, huge)
+        assert roles(app) == ["user", "assistant"]
+        assert app.query_one(PromptInput).text == huge
+        assert any("Generation failed" in n and "context budget" in n for n in notes)
+        assert len(stored(tmp_path, app.conversation_id)) == 2
+
+
+@pytest.mark.asyncio
+async def test_escape_sequences_in_model_output_do_not_reach_the_screen(engine, tmp_path):
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        nasty = ["Hi \x1b[2J", "\x1b]0;pwned\x07there\x00", "\x1b[31m!"]
+
+        def fake_reply(messages, options):
+            yield from (Response(t, 0) for t in nasty)
+            yield Response("", None, "stop", None)
+
+        app.session.reply = fake_reply
+        await type_and_send(pilot, "Hello")
+        reply = app.views()[1]
+        assert reply.markdown.source == "Hi there!"
+        assert reply.content == "".join(nasty)  # stored as the model wrote it
+
+
+@pytest.mark.asyncio
+async def test_unknown_slash_command_and_empty_message(engine, tmp_path):
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        notes = []
+        app.notify = lambda message, **kw: notes.append(message)
+        await type_and_send(pilot, "/frobnicate")
+        await type_and_send(pilot, "   \n ")
+        assert app.views() == [] and app.query_one(PromptInput).text == "   \n "
+        assert "unknown command /frobnicate" in notes[0] and "/regen" in notes[0]
+        assert notes[1] == "The message is empty."
+
+
+@pytest.mark.asyncio
+async def test_no_network_connection_while_loading_and_chatting(test_model, tmp_path,
+                                                               monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"network connection attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    app = ChatApp(ChatConfig(model=str(test_model), options=GREEDY,
+                             history_path=tmp_path / "history.sqlite"))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.session is not None or app.load_error is not None)
+        assert app.load_error is None
+        await type_and_send(pilot, "Offline?")
+        assert app.views()[1].finish_reason == "length"
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import asyncio, sys, time
+    import zephyr_local
+    from zephyr_local.sampling import SamplingOptions
+    from zephyr_local.tui.app import ChatApp, ChatConfig
+    from zephyr_local.tui.widgets.prompt import PromptInput
+
+    async def main(model, db):
+        app = ChatApp(ChatConfig(model=model, history_path=db,
+                                 options=SamplingOptions(temperature=0, max_tokens=6)))
+        async with app.run_test() as pilot:
+            async def until(cond):
+                while not cond():
+                    await pilot.pause(0.02)
+            await until(lambda: app.session is not None)
+            app.query_one(PromptInput).text = "first"
+            await pilot.press("enter")
+            await until(lambda: len(app.views()) == 2 and not app.generating)
+            app.options = SamplingOptions(temperature=0, max_tokens=100000)
+            app.query_one(PromptInput).text = "second"
+            await pilot.press("enter")
+            await until(lambda: app.generating and app.views()[-1].markdown.source)
+            print("STREAMING", flush=True)
+            await asyncio.sleep(600)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+""")
+
+
+def test_kill_9_mid_reply_keeps_every_completed_message(test_model, tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    db = tmp_path / "history.sqlite"
+    proc = subprocess.Popen([sys.executable, str(script), str(test_model), str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "STREAMING", proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    history = History(db)  # reopens after the crash (WAL recovery), no error
+    [conv] = history.list()
+    rows = history.messages(conv.id)
+    history.close()
+    assert [(m.role, m.content) for m in rows[:3]] == [
+        ("user", "first"), ("assistant", rows[1].content), ("user", "second")]
+    assert rows[1].finish_reason == "length" and rows[1].content
+    assert len(rows) == 3  # only the reply in flight is lost
+
+
+# -- snapshots -----------------------------------------------------------------------
+
+
+def _snapshot_history(tmp_path) -> int:
+    history = History(tmp_path / "history.sqlite")
+    cid = history.create(system_prompt="You are a helpful assistant.")
+    history.append(cid, StoredMessage("user", "How do I reverse a list in Python?"))
+    history.append(cid, StoredMessage(
+        "assistant", "Use slicing:\n\n```python\nitems = [1, 2, 3]\nprint(items[::-1])\n```\n\n"
+        "Or `items.reverse()` to do it **in place**.", "stop"))
+    history.append(cid, StoredMessage("user", "And a tuple?"))
+    history.append(cid, StoredMessage("assistant", "The same slice works: `t[::-1]`", "cancelled"))
+    other = history.create()
+    history.append(other, StoredMessage("user", "What is a KV cache?"))
+    history.close()
+    return cid
+
+
+def test_snapshot_main_screen(snap_compare, engine, tmp_path):
+    cid = _snapshot_history(tmp_path)
+
+    async def resume(pilot):
+        await pilot.app.open_conversation(cid)
+        await pilot.pause()
+
+    assert snap_compare(make_app(engine, tmp_path), terminal_size=SIZE, run_before=resume)
+
+
+def test_snapshot_history_sidebar(snap_compare, engine, tmp_path):
+    cid = _snapshot_history(tmp_path)
+
+    async def open_sidebar(pilot):
+        await pilot.app.open_conversation(cid)
+        await pilot.press("ctrl+b")
+        await pilot.pause()
+
+    assert snap_compare(make_app(engine, tmp_path), terminal_size=SIZE, run_before=open_sidebar)
+
+
+def test_snapshot_model_missing(snap_compare, tmp_path, monkeypatch):
+    monkeypatch.chdir("/")  # the message names the paths tried: keep them fixed
+
+    async def until_shown(pilot):
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, ModelMissingScreen))
+        await pilot.pause()
+
+    app = ChatApp(ChatConfig(model="zephyr-7b-beta-4bit", models_dir="/nonexistent/models",
+                             history_path=tmp_path / "history.sqlite"))
+    assert snap_compare(app, terminal_size=SIZE, run_before=until_shown)
