@@ -60,7 +60,7 @@ def data_options(f):
 
 def train_options(kind: str):
     """The flags of `sft` and `dpo` (defaults: the handbook's LoRA recipes)."""
-    lr, schedule = (2e-4, "cosine") if kind == "sft" else (5e-6, "linear")
+    lr, schedule, dropout = (2e-4, "cosine", 0.05) if kind == "sft" else (5e-6, "linear", 0.0)
 
     def deco(f):
         options = [
@@ -73,7 +73,7 @@ def train_options(kind: str):
             click.option("--lora-rank", type=click.IntRange(min=1), default=16, show_default=True),
             click.option("--lora-alpha", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True, help="Scale = alpha / rank."),
             click.option("--lora-scale", type=click.FloatRange(min=0, min_open=True), default=None, help="Set the scale directly (overrides --lora-alpha)."),
-            click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True),
+            click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=dropout, show_default=True, help="DPO defaults to 0, as TRL's disable_dropout: the policy must equal the reference at step 0."),
             click.option("--lora-layers", type=int, default=-1, show_default=True, help="Adapt the last N blocks; -1 for all."),
             click.option("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", show_default=True, help="Comma-separated linear layers."),
             click.option("--learning-rate", "--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=lr, show_default=True),

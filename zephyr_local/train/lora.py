@@ -97,7 +97,7 @@ def read_adapter_config(path: Path) -> dict:
 
 
 def load_adapter_into(model, path: Path) -> LoRAConfig:
-    """Wrap the model as the adapter says and load its weights, checking every shape.
+    """Wrap the model as the adapter says and load its weights (eval mode), checking shapes.
 
     Raises:
         ModelFormatError: an adapter for another model, naming both shapes.
@@ -112,6 +112,7 @@ def load_adapter_into(model, path: Path) -> LoRAConfig:
     apply_lora(model, cfg)
     check_adapter_shapes(model, path / ADAPTER_FILE)
     model.load_weights(str(path / ADAPTER_FILE), strict=False)
+    model.eval()  # ready for inference; the trainer switches dropout back on
     return cfg
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Callable
 
 import mlx.core as mx
-import numpy as np
+import mlx.nn as nn
 
 from zephyr_local import loading, store
 from zephyr_local.errors import ZephyrError
 from zephyr_local.train import checkpoint as ckpt
 from zephyr_local.train.config import TrainConfig
 from zephyr_local.train.data import Dataset, load_dataset
+from zephyr_local.train.logprobs import lora_layers
 from zephyr_local.train.lora import adapter_config, apply_lora, atomic_write_bytes, load_adapter_into, save_adapter
 from zephyr_local.train.metrics import MetricsLog
 from zephyr_local.train.objectives import DPOObjective, SFTObjective, dpo_eval, sft_eval
@@ -68,7 +69,12 @@ class _Run:
     def attach_lora(self) -> None:
         mx.random.seed(self.cfg.seed)  # LoRA A init
         if self.cfg.resume_adapter:
+            # The adapter fixes the shape (rank, scale, layers); dropout is this run's choice.
+            dropout = self.cfg.lora.dropout
             self.cfg.lora = load_adapter_into(self.model, Path(self.cfg.resume_adapter))
+            self.cfg.lora.dropout = dropout
+            for layer in lora_layers(self.model):
+                layer.dropout = nn.Dropout(p=dropout)
         else:
             apply_lora(self.model, self.cfg.lora)
 
