@@ -40,6 +40,14 @@ class Repo:
         return {"size": len(data), "blobId": git_blob_id(pointer.encode()),
                 "lfs": {"sha256": sha, "size": len(data), "pointerSize": len(pointer)}}
 
+    def tree_entry(self, name: str) -> dict:
+        """The same, as `api/models/{repo}/tree/{rev}` lists it."""
+        entry = self.entry(name)
+        lfs = entry.get("lfs")
+        return {"type": "file", "path": name, "oid": entry["blobId"], "size": entry["size"],
+                **({"lfs": {"oid": lfs["sha256"], "size": lfs["size"],
+                            "pointerSize": lfs["pointerSize"]}} if lfs else {})}
+
     def etag(self, name: str) -> str:
         entry = self.entry(name)
         return entry["lfs"]["sha256"] if "lfs" in entry else entry["blobId"]
@@ -67,8 +75,9 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str, str | None]] = []
         self.faults = Faults()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
+        self._server.hub = self  # type: ignore[attr-defined]
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -101,119 +110,116 @@ _API = re.compile(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+)|/tree/([^/]+)
 _RESOLVE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 
 
-def _make_handler(hub: FakeHub):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _Handler(BaseHTTPRequestHandler):
+    """Routes the hub's endpoints; `self.server.hub` holds the repos and faults."""
 
-        def log_message(self, *args) -> None:  # keep pytest output clean
-            pass
+    protocol_version = "HTTP/1.1"
 
-        def do_HEAD(self) -> None:
-            self._route(head=True)
+    @property
+    def hub(self) -> FakeHub:
+        return self.server.hub  # type: ignore[attr-defined]
 
-        def do_GET(self) -> None:
-            self._route(head=False)
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
 
-        def _route(self, head: bool) -> None:
-            path = unquote(urlsplit(self.path).path)
-            hub.requests.append((self.command, path, self.headers.get("Range")))
-            if m := _API.match(path):
-                self._api(m.group(1), m.group(2) or m.group(3), tree=m.group(3) is not None,
-                          blobs="blobs=true" in (urlsplit(self.path).query or ""))
-            elif m := _RESOLVE.match(path):
-                self._resolve(m.group(1), m.group(2), m.group(3), head)
-            else:
-                self._error(404, "RepoNotFound")
+    def do_HEAD(self) -> None:
+        self._route(head=True)
 
-        def _repo(self, repo_id: str, revision: str | None) -> Repo | None:
-            repo = hub.repos.get(repo_id)
-            if repo is None:
-                self._error(404, "RepoNotFound")
-            elif revision not in (None, "main", repo.commit):
-                self._error(404, "RevisionNotFound")
-            else:
-                return repo
-            return None
+    def do_GET(self) -> None:
+        self._route(head=False)
 
-        def _api(self, repo_id: str, revision: str | None, tree: bool, blobs: bool) -> None:
-            repo = self._repo(repo_id, revision)
-            if repo is None:
-                return
-            if tree:
-                body = [{"type": "file", "path": name, "oid": repo.entry(name)["blobId"],
-                         "size": repo.entry(name)["size"],
-                         **({"lfs": {"oid": repo.entry(name)["lfs"]["sha256"],
-                                     "size": repo.entry(name)["size"],
-                                     "pointerSize": repo.entry(name)["lfs"]["pointerSize"]}}
-                            if "lfs" in repo.entry(name) else {})}
+    def _route(self, head: bool) -> None:
+        path = unquote(urlsplit(self.path).path)
+        self.hub.requests.append((self.command, path, self.headers.get("Range")))
+        if m := _API.match(path):
+            self._api(m.group(1), m.group(2) or m.group(3), tree=m.group(3) is not None,
+                      blobs="blobs=true" in (urlsplit(self.path).query or ""))
+        elif m := _RESOLVE.match(path):
+            self._resolve(m.group(1), m.group(2), m.group(3), head)
+        else:
+            self._error(404, "RepoNotFound")
+
+    def _repo(self, repo_id: str, revision: str | None) -> Repo | None:
+        repo = self.hub.repos.get(repo_id)
+        if repo is None:
+            self._error(404, "RepoNotFound")
+        elif revision not in (None, "main", repo.commit):
+            self._error(404, "RevisionNotFound")
+        else:
+            return repo
+        return None
+
+    def _api(self, repo_id: str, revision: str | None, tree: bool, blobs: bool) -> None:
+        repo = self._repo(repo_id, revision)
+        if repo is None:
+            return
+        if tree:
+            body = [repo.tree_entry(name) for name in sorted(repo.files)]
+        else:
+            siblings = [{"rfilename": name, **(repo.entry(name) if blobs else {})}
                         for name in sorted(repo.files)]
-            else:
-                siblings = [{"rfilename": name, **(repo.entry(name) if blobs else {})}
-                            for name in sorted(repo.files)]
-                body = {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False,
-                        "gated": "auto" if repo.gated else False, "siblings": siblings}
-            self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+            body = {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False,
+                    "gated": "auto" if repo.gated else False, "siblings": siblings}
+        self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
-        def _resolve(self, repo_id: str, revision: str, name: str, head: bool) -> None:
-            repo = self._repo(repo_id, revision)
-            if repo is None:
-                return
-            if repo.gated:  # what the hub answers an anonymous request for a gated file
-                return self._error(401, "GatedRepo")
-            if name not in repo.files:
-                return self._error(404, "EntryNotFound")
-            if not head:
-                hub.faults.gets[name] = hub.faults.gets.get(name, 0) + 1
-            _, times = hub.faults.drop.get(name, (0, 0))
-            if not head and 1 < hub.faults.gets[name] <= times:
-                self.close_connection = True  # dropped before any response
-                return
-            data = repo.files[name]
-            if name in hub.faults.corrupt:
-                data = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
-            start = _range_start(self.headers.get("Range"))
-            headers = {"ETag": f'"{repo.etag(name)}"', "X-Repo-Commit": repo.commit,
-                       "Accept-Ranges": "bytes"}
-            if start:
-                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-            body = data[start:]
-            if head:
-                return self._send(200, b"", {**headers, "Content-Length": str(len(data))})
-            self._send_body(206 if start else 200, body, headers, name, start)
+    def _resolve(self, repo_id: str, revision: str, name: str, head: bool) -> None:
+        repo = self._repo(repo_id, revision)
+        if repo is None:
+            return
+        if repo.gated:  # what the hub answers an anonymous request for a gated file
+            return self._error(401, "GatedRepo")
+        if name not in repo.files:
+            return self._error(404, "EntryNotFound")
+        if not head:
+            self.hub.faults.gets[name] = self.hub.faults.gets.get(name, 0) + 1
+        _, times = self.hub.faults.drop.get(name, (0, 0))
+        if not head and 1 < self.hub.faults.gets[name] <= times:
+            self.close_connection = True  # dropped before any response
+            return
+        data = repo.files[name]
+        if name in self.hub.faults.corrupt:
+            data = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
+        start = _range_start(self.headers.get("Range"))
+        headers = {"ETag": f'"{repo.etag(name)}"', "X-Repo-Commit": repo.commit,
+                   "Accept-Ranges": "bytes"}
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        body = data[start:]
+        if head:
+            return self._send(200, b"", {**headers, "Content-Length": str(len(data))})
+        self._send_body(206 if start else 200, body, headers, name, start)
 
-        def _send_body(self, status, body, headers, name, start) -> None:
-            self.send_response(status)
-            for key, value in {**headers, "Content-Length": str(len(body))}.items():
-                self.send_header(key, value)
-            self.end_headers()
-            offset, times = hub.faults.drop.get(name, (0, 0))
-            stall = hub.faults.stall.get(name)
-            if times and hub.faults.gets[name] == 1:
-                self.wfile.write(body[: offset - start])
-                self.close_connection = True
-            elif stall is not None and not hub.faults.release.is_set():
-                self.wfile.write(body[: stall - start])
-                self.wfile.flush()
-                hub.faults.stalled.set()
-                hub.faults.release.wait(60)
-                self.close_connection = True
-            else:
-                self.wfile.write(body)
+    def _send_body(self, status, body, headers, name, start) -> None:
+        self.send_response(status)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        offset, times = self.hub.faults.drop.get(name, (0, 0))
+        stall = self.hub.faults.stall.get(name)
+        if times and self.hub.faults.gets[name] == 1:
+            self.wfile.write(body[: offset - start])
+            self.close_connection = True
+        elif stall is not None and not self.hub.faults.release.is_set():
+            self.wfile.write(body[: stall - start])
+            self.wfile.flush()
+            self.hub.faults.stalled.set()
+            self.hub.faults.release.wait(60)
+            self.close_connection = True
+        else:
+            self.wfile.write(body)
 
-        def _error(self, status: int, code: str) -> None:
-            self._send(status, json.dumps({"error": code}).encode(),
-                       {"X-Error-Code": code, "Content-Type": "application/json"})
+    def _error(self, status: int, code: str) -> None:
+        self._send(status, json.dumps({"error": code}).encode(),
+                   {"X-Error-Code": code, "Content-Type": "application/json"})
 
-        def _send(self, status: int, body: bytes, headers: dict) -> None:
-            self.send_response(status)
-            headers.setdefault("Content-Length", str(len(body)))
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-    return Handler
+    def _send(self, status: int, body: bytes, headers: dict) -> None:
+        self.send_response(status)
+        headers.setdefault("Content-Length", str(len(body)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
 
 def _range_start(header: str | None) -> int:

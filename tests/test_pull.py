@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from fakehub import FakeHub
 
-from zephyr_local import pull as pull_mod
+from zephyr_local import download, pull
 from zephyr_local.cli import cli
 from zephyr_local.store import SOURCE_FILE, resolve_model
 
@@ -64,6 +64,7 @@ def pointed_at(endpoint: str, cache: Path) -> Iterator[None]:
         mp.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
         mp.setattr(hf_constants, "HF_HUB_OFFLINE", False)
         mp.setattr(hf_constants, "HF_TOKEN_PATH", str(cache / "no-token"))
+        mp.setattr(hf_constants, "AGENT_HARNESSES_PATH", str(cache / "agents.json"))
         mp.delenv("HF_TOKEN", raising=False)
         yield
 
@@ -166,6 +167,16 @@ def test_force_downloads_again(pulled, on_hub, tmp_path, model_files):
     assert len(on_hub.paths_requested("/model.safetensors")) == 1
     assert sorted(p.name for p in (store / "zephyr-test").iterdir()) == sorted(
         [*model_files, SOURCE_FILE])
+
+
+def test_progress_callback_counts_every_byte_of_the_pull(on_hub, tmp_path, model_files):
+    calls = []
+    result = pull.pull(REPO, tmp_path, progress=lambda *call: calls.append(call))
+    total = sum(len(data) for data in model_files.values())
+    assert result.size_bytes == total + len((result.path / SOURCE_FILE).read_bytes())
+    assert calls[-1] == ("model.safetensors", total, total)
+    assert [done for _, done, _ in calls] == sorted(done for _, done, _ in calls)
+    assert {name for name, _, _ in calls} == set(model_files)
 
 
 # --- interrupted downloads --------------------------------------------------------------
@@ -311,7 +322,7 @@ def test_not_enough_disk_space_is_refused_up_front(on_hub, tmp_path, monkeypatch
 
 
 def test_disk_full_mid_file_keeps_the_partial_download(on_hub, tmp_path, monkeypatch):
-    real_open = pull_mod._open_incomplete
+    real_open = download.open_incomplete
 
     class FullDisk:  # a file that takes 1 MB, then fails the way a full disk does
         def __init__(self, handle):
@@ -335,7 +346,7 @@ def test_disk_full_mid_file_keeps_the_partial_download(on_hub, tmp_path, monkeyp
         handle = real_open(path)
         return FullDisk(handle) if path.name.startswith("model.") else handle
 
-    monkeypatch.setattr(pull_mod, "_open_incomplete", opener)
+    monkeypatch.setattr(download, "open_incomplete", opener)
     result = zl(tmp_path, "pull", REPO)
     assert_one_line_error(result, 1, "disk full while writing model.safetensors", "resumes it")
     assert not (tmp_path / "zephyr-test").exists()

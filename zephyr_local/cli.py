@@ -329,8 +329,9 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
 
     repo_id = repo_id or store.DEFAULT_REPO
     try:
-        result = pull.pull(repo_id, _store(ctx), revision=revision, force=force,
-                           notify=lambda line: click.echo(line, err=True))
+        with _DownloadBar() as bar:
+            result = pull.pull(repo_id, _store(ctx), revision=revision, force=force,
+                               notify=bar.note, progress=bar.update)
     except KeyboardInterrupt:
         click.echo("The partial download is kept: the same command resumes it.", err=True)
         raise
@@ -341,6 +342,33 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
         return
     click.echo(f"Pulled {repo_id} @ {result.commit[:12]} into {result.path} ({size}).")
     click.echo(f"Next: zephyr-local quantize {repo_id} --bits 4")
+
+
+class _DownloadBar:
+    """One rich bar on stderr for a whole pull (bytes, speed, time left), started lazily."""
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+        self.task = None
+        return self
+
+    def note(self, line: str) -> None:
+        self.progress.console.print(line, highlight=False)
+
+    def update(self, name: str, done: int, total: int) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("", total=total)
+        self.progress.update(self.task, description=name, completed=done, total=total)
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
 
 # --- quantize command (zephyr_local/quantize.py) ---
 

@@ -25,29 +25,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zephyr_local import loading
+from zephyr_local.download import ProgressFn, RemoteFile, Tracker, download_file, part_path
 from zephyr_local.errors import ModelFormatError, ModelNotFoundError, ZephyrError
 from zephyr_local.store import (
     MODEL_FILE_PATTERNS, NOT_MODEL_FILE_PATTERNS, SOURCE_FILE, store_name,
 )
 
 PARTIAL_DIR = ".partial"
-INCOMPLETE = ".incomplete"
 
 
 class HubUnreachableError(ZephyrError):
     """The hub cannot be reached (offline, no network, or HF_HUB_OFFLINE=1)."""
 
     exit_code = 2
-
-
-@dataclass
-class RemoteFile:
-    """One file of the repo, as the hub lists it."""
-
-    name: str
-    size: int | None
-    sha256: str | None = None  # LFS files: sha256 of the content
-    blob_id: str | None = None  # other files: the git blob id of the content
 
 
 @dataclass
@@ -68,6 +58,7 @@ def pull(
     revision: str | None = None,
     force: bool = False,
     notify: Callable[[str], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> PullResult:
     """Download `repo_id` into `store/<name>`, resuming an earlier partial download.
 
@@ -77,6 +68,8 @@ def pull(
         revision: branch, tag or commit (default: the repo's main branch).
         force: download again even if the model is already in the store.
         notify: called with one line of news at each stage.
+        progress: called as bytes arrive, with the file name and the pull's bytes
+            done and total (resumed bytes count as done).
 
     Raises:
         ModelNotFoundError: unknown repo or revision, or a gated repo without access.
@@ -99,10 +92,12 @@ def pull(
         _prepare_partial(partial, partial_root / f"{target.name}.json", repo_id, commit, notify)
         todo = [f for f in files if not (partial / f.name).is_file()]
         _check_disk_space(partial, todo)
-        total = sum(f.size or 0 for f in files)
-        notify(f"Pulling {repo_id} @ {commit[:12]}: {len(files)} files, {_human(total)}"
+        tracker = Tracker(sum(f.size or 0 for f in files), progress)
+        tracker.done = tracker.total - sum(f.size or 0 for f in todo) + sum(
+            _size_or_zero(part_path(partial, f)) for f in todo)
+        notify(f"Pulling {repo_id} @ {commit[:12]}: {len(files)} files, {_human(tracker.total)}"
                f" ({len(files) - len(todo)} already here)")
-        downloaded = _download_all(repo_id, commit, partial, todo)
+        downloaded = _download_all(repo_id, commit, partial, todo, tracker)
         _finish(partial, target, {
             "repo_id": repo_id, "revision": revision or "main", "commit": commit,
             "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -226,7 +221,7 @@ def _prepare_partial(partial: Path, state: Path, repo_id: str, commit: str,
 
 
 def _check_disk_space(partial: Path, todo: list[RemoteFile]) -> None:
-    need = sum((f.size or 0) - _size_or_zero(partial / (f.name + INCOMPLETE)) for f in todo)
+    need = sum((f.size or 0) - _size_or_zero(part_path(partial, f)) for f in todo)
     free = shutil.disk_usage(partial).free
     if need > free:
         raise ZephyrError(
@@ -235,10 +230,13 @@ def _check_disk_space(partial: Path, todo: list[RemoteFile]) -> None:
         )
 
 
-def _download_all(repo_id: str, commit: str, partial: Path, todo: list[RemoteFile]) -> int:
+def _download_all(repo_id: str, commit: str, partial: Path, todo: list[RemoteFile],
+                  tracker: Tracker) -> int:
     """Download each missing file; returns the bytes fetched."""
+    from huggingface_hub import hf_hub_url
+
     resume = f" (the partial download in {partial} is kept: the same command resumes it)"
-    before = sum(_size_or_zero(partial / (f.name + INCOMPLETE)) for f in todo)
+    before = sum(_size_or_zero(part_path(partial, f)) for f in todo)
     checked = False
     for remote in todo:
         if remote.name.endswith(".safetensors") and not checked:
@@ -246,53 +244,14 @@ def _download_all(repo_id: str, commit: str, partial: Path, todo: list[RemoteFil
             checked = True
         try:
             with hub_errors(repo_id, commit, resume):
-                _download_file(repo_id, commit, partial, remote)
+                url = hf_hub_url(repo_id, remote.name, revision=commit)
+                download_file(url, partial, remote, tracker)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise ZephyrError(f"disk full while writing {remote.name}: free some space, "
                                   f"then run the same command{resume}") from None
             raise ZephyrError(f"{remote.name}: {str(exc).splitlines()[0]}{resume}") from None
     return sum(f.size or 0 for f in todo) - before
-
-
-def _download_file(repo_id: str, commit: str, partial: Path, remote: RemoteFile) -> None:
-    """Fetch one file into `partial`, continuing its `.incomplete` part with a Range request."""
-    from huggingface_hub import hf_hub_url
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
-
-    dest = partial / remote.name
-    part = partial / (remote.name + INCOMPLETE)
-    if remote.size is not None and _size_or_zero(part) > remote.size:
-        part.unlink()  # longer than the file: not ours
-    url = hf_hub_url(repo_id, remote.name, revision=commit)
-    with _open_incomplete(part) as handle:
-        http_get(url, handle, resume_size=handle.tell(), headers=build_hf_headers(),
-                 expected_size=remote.size, displayed_filename=remote.name)
-    if not _verify(part, remote):
-        part.unlink()
-        raise ZephyrError(f"{remote.name}: checksum mismatch with the hub (the corrupt copy "
-                          "was deleted); run the same command again")
-    os.replace(part, dest)
-
-
-def _open_incomplete(path: Path):
-    """Append to a part file (a seam for tests that simulate a full disk)."""
-    return open(path, "ab")
-
-
-def _verify(path: Path, remote: RemoteFile) -> bool:
-    """The file's content matches the hash the hub listed (sha256 for LFS, git blob id else)."""
-    from huggingface_hub.utils.sha import git_hash, sha_fileobj
-
-    if remote.size is not None and path.stat().st_size != remote.size:
-        return False
-    if remote.sha256:
-        with open(path, "rb") as handle:
-            return sha_fileobj(handle).hex() == remote.sha256
-    if remote.blob_id:
-        return git_hash(path.read_bytes()) == remote.blob_id
-    return True
 
 
 def _check_config(partial: Path) -> None:
