@@ -284,7 +284,8 @@ def test_unsupported_architecture_is_refused_before_the_weights(on_hub, tmp_path
     assert_one_line_error(result, 2, "'gpt2' is not supported")
     assert on_hub.paths_requested("/config.json")
     assert not on_hub.paths_requested(".safetensors")
-    assert not (tmp_path / ".partial" / "gpt2").exists() and not (tmp_path / "gpt2").exists()
+    assert sorted(p.name for p in (tmp_path / ".partial").iterdir()) == ["gpt2.lock"]
+    assert not (tmp_path / "gpt2").exists()
 
 
 def test_invalid_repo_id(tmp_path):

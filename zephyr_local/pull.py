@@ -89,7 +89,7 @@ def pull(
     with _exclusive(partial_root / f"{target.name}.lock", repo_id):
         commit, files = list_files(repo_id, revision)
         partial = partial_root / target.name
-        _prepare_partial(partial, partial_root / f"{target.name}.json", repo_id, commit, notify)
+        _prepare_partial(partial, repo_id, commit, notify)
         todo = [f for f in files if not (partial / f.name).is_file()]
         _check_disk_space(partial, todo)
         tracker = Tracker(sum(f.size or 0 for f in files), progress)
@@ -102,7 +102,7 @@ def pull(
             "repo_id": repo_id, "revision": revision or "main", "commit": commit,
             "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
-        (partial_root / f"{target.name}.json").unlink(missing_ok=True)
+        _state_path(partial).unlink(missing_ok=True)
     return PullResult(target, repo_id, commit, _dir_size(target), downloaded_bytes=downloaded)
 
 
@@ -206,9 +206,15 @@ def _exclusive(lock_path: Path, repo_id: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _prepare_partial(partial: Path, state: Path, repo_id: str, commit: str,
+def _state_path(partial: Path) -> Path:
+    """Beside the partial directory, so that it never ends up in the model directory."""
+    return partial.parent / f"{partial.name}.json"
+
+
+def _prepare_partial(partial: Path, repo_id: str, commit: str,
                      notify: Callable[[str], None]) -> None:
     """Keep a partial download of the same commit; discard one of another commit."""
+    state = _state_path(partial)
     old = _read_json(state)
     if partial.exists() and (old.get("repo_id"), old.get("commit")) != (repo_id, commit):
         notify(f"Discarding a partial download of {old.get('repo_id')} @ "
@@ -240,7 +246,7 @@ def _download_all(repo_id: str, commit: str, partial: Path, todo: list[RemoteFil
     checked = False
     for remote in todo:
         if remote.name.endswith(".safetensors") and not checked:
-            _check_config(partial)
+            _check_config(partial, repo_id)
             checked = True
         try:
             with hub_errors(repo_id, commit, resume):
@@ -254,13 +260,14 @@ def _download_all(repo_id: str, commit: str, partial: Path, todo: list[RemoteFil
     return sum(f.size or 0 for f in todo) - before
 
 
-def _check_config(partial: Path) -> None:
+def _check_config(partial: Path, repo_id: str) -> None:
     """Refuse a model zephyr-local cannot run before downloading its weights."""
     config = _read_json(partial / "config.json")
     if config.get("model_type") not in loading.SUPPORTED_MODEL_TYPES or config.get("auto_map"):
         shutil.rmtree(partial)
+        _state_path(partial).unlink(missing_ok=True)
         raise ModelFormatError(
-            f"config.json: model_type {config.get('model_type')!r}"
+            f"{repo_id}/config.json: model_type {config.get('model_type')!r}"
             f"{' with custom code (auto_map)' if config.get('auto_map') else ''} is not supported "
             f"(zephyr-local runs {' and '.join(loading.SUPPORTED_MODEL_TYPES)} models); "
             "nothing was kept"
