@@ -372,6 +372,125 @@ class _DownloadBar:
 
 # --- quantize command (zephyr_local/quantize.py) ---
 
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4, 5, 6 or 8.")
+@click.option("--group-size", type=int, default=64, show_default=True,
+              help="Weights per scale and bias: 32, 64 or 128.")
+@click.option("--dtype", default="float16", show_default=True,
+              help="float16 or bfloat16, for scales, biases and unquantized parameters.")
+@click.option("--head-bits", type=int, default=None,
+              help="Bits for the embedding and output head (default: --bits).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output directory (default: <store>/<name>-<bits>bit).")
+@click.option("--force", is_flag=True, help="Replace the output if it exists.")
+@click.option("--no-eval", is_flag=True, help="Skip the perplexity/KL quality report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def quantize(ctx, model, bits, group_size, dtype, head_bits, out, force, no_eval,
+             as_json) -> None:
+    """Quantize MODEL (hub id, store name or directory) and report what it cost.
+
+    The report (sizes, bits per weight, time, peak memory, perplexity and KL
+    divergence against the source on a built-in text) is printed and saved as
+    quantization_report.json beside the model, with a model card.
+
+    Example: zephyr-local quantize HuggingFaceH4/zephyr-7b-beta --bits 4
+    """
+    from zephyr_local import quantize as q
+    from zephyr_local import store
+
+    opts = q.QuantizeOptions(bits=bits, group_size=group_size, dtype=dtype,
+                             head_bits=head_bits, force=force, evaluate=not no_eval).validate()
+    source = _quantize_source(model or store.DEFAULT_REPO, _store(ctx))
+    name = store.store_name(model) if model and "/" in model and not Path(model).is_dir() \
+        else source.name
+    target = Path(out) if out else _store(ctx) / q.output_name(name, opts)
+    with _progress_bars() as bars:
+        report = q.quantize(source, target, opts, bars("Quantizing"), bars("Evaluating"))
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_quantize_report(report)
+
+
+def _quantize_source(arg: str, store_dir: Path) -> Path:
+    """The source directory; a hub id that is not here yet is pulled first."""
+    from zephyr_local import store
+    from zephyr_local.errors import ModelNotFoundError
+
+    try:
+        return store.resolve_model(arg, store_dir)
+    except ModelNotFoundError:
+        if arg.count("/") != 1 or arg.startswith((".", "/", "~")):
+            raise
+        from zephyr_local.pull import pull
+
+        click.echo(f"{arg} is not in the store: pulling it first.", err=True)
+        return pull(arg, store_dir, notify=lambda line: click.echo(line, err=True)).path
+
+
+class _progress_bars:
+    """Rich progress bars on stderr; `bars(title)` is a library progress callback."""
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[what]}"),
+            console=Console(stderr=True), transient=False)
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def __call__(self, title: str):
+        task = None
+
+        def update(done: int, total: int, what: str) -> None:
+            nonlocal task
+            if task is None:
+                task = self.progress.add_task(title, total=total, what="")
+            self.progress.update(task, completed=done, total=total, what=what)
+
+        return update
+
+
+def _print_quantize_report(r) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Quantized {Path(r.source).name} -> {r.output}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    head = f", head {r.head_bits}-bit" if r.head_bits else ""
+    rows = [
+        ("settings", f"{r.bits}-bit, group {r.group_size}, {r.dtype}{head}"),
+        ("size", f"{_human(r.source_bytes)} -> {_human(r.output_bytes)}"),
+        (f"bits/weight ({r.bits}-bit layers)", f"{r.bits_per_weight:.3f}"),
+        *([("bits/weight (embedding, head)", f"{r.head_bits_per_weight:.3f}")]
+          if r.head_bits_per_weight else []),
+        ("bits/weight (all parameters)", f"{r.overall_bits_per_weight:.3f}"),
+        ("time", f"{r.seconds:.1f} s (quantize {r.quantize_seconds:.1f} s)"),
+        ("peak memory", f"{r.peak_rss_gb:.2f} GB RSS, {r.peak_mlx_gb:.2f} GB MLX"),
+    ]
+    if r.quality:
+        qd = r.quality
+        rows += [
+            ("perplexity source -> quantized",
+             f"{qd['source_perplexity']:.3f} -> {qd['quantized_perplexity']:.3f}"),
+            ("mean KL(source || quantized)", f"{qd['mean_kl']:.5f} nats"),
+            ("eval text", f"{qd['tokens']} tokens in {qd['chunks']} chunks"),
+        ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+
 # --- chat command (zephyr_local/tui/) ---
 
 
@@ -409,6 +528,36 @@ from zephyr_local.train.commands import register as _register_training  # noqa: 
 _register_training(cli)
 
 # --- bench command (benchmarks/) ---
+
+
+@cli.command()
+@click.option("--quick", "mode", flag_value="quick", default=True,
+              help="Small settings: under 2 minutes on a 2-core CPU (default).")
+@click.option("--full", "mode", flag_value="full", help="Larger settings and more repeats.")
+@model_option
+@click.option("--case", "cases", multiple=True,
+              help="Run only this case (repeatable): generation, multiturn, hardware, blas.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Results folder (default: benchmarks/results in the checkout).")
+def bench(mode, model, cases, out_dir) -> None:
+    """Benchmark zephyr-local against mlx-lm, naive designs and the hardware limit.
+
+    Without --model it builds the test model. Writes <date>-<machine>.json, .md and
+    .png to the results folder and prints the table.
+
+    Example: zephyr-local bench --quick
+    """
+    from zephyr_local import store
+    from zephyr_local.bench import harness
+
+    if model is not None:
+        model = str(store.resolve_model(model))
+    run = harness.run(mode, model, list(cases) or None,
+                      progress=lambda msg: click.echo(f"... {msg}", err=True))
+    out = Path(out_dir) if out_dir else store.home_dir() / "benchmarks" / "results"
+    paths = harness.write(run, out)
+    click.echo(paths["md"].read_text())
+    click.echo(f"Wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")
 
 
 def main() -> None:

@@ -1,0 +1,378 @@
+"""Quantize a float model to 2-8 bit MLX affine format, and measure what it cost.
+
+mlx-lm does the quantization (`quantize_model`, `save_config`). What it lacks and
+this module adds: checks that fail before any work, a write that evaluates one
+layer at a time and streams it to small shards (mlx-lm's `save_model` evaluates a
+whole 5 GB shard at once), an atomic output directory, and the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from zephyr_local.errors import ModelFormatError, ZephyrError
+from zephyr_local.quantize_files import (
+    copy_tokenizer_files,
+    replace_dir,
+    write_model_card,
+)
+
+ALLOWED_BITS = (2, 3, 4, 5, 6, 8)
+ALLOWED_GROUP_SIZES = (32, 64, 128)
+ALLOWED_DTYPES = ("float16", "bfloat16")
+SOURCE_DTYPES = ("F32", "F16", "BF16")
+HEAD_LAYERS = ("model.embed_tokens", "lm_head")
+REPORT_FILE = "quantization_report.json"
+SHARD_GB = 1  # small shards: one is held in memory while it is written
+DISK_MARGIN_BYTES = 64 << 20  # tokenizer files, config, report
+
+Progress = Callable[[int, int, str], None]  # (done, total, what)
+
+
+@dataclass
+class QuantizeOptions:
+    """How to quantize; `validate()` checks every field before any work."""
+
+    bits: int = field(default=4, metadata={"help": "bits per quantized weight: 2, 3, 4, 5, 6, 8"})
+    group_size: int = field(default=64, metadata={"help": "weights sharing a scale: 32, 64, 128"})
+    dtype: str = field(default="float16", metadata={
+        "help": "dtype of scales, biases and unquantized parameters (M1/M2 lack fast bf16)"})
+    head_bits: int | None = field(default=None, metadata={
+        "help": "bits for the embedding and output head (None: same as --bits)"})
+    force: bool = field(default=False, metadata={"help": "replace an existing output"})
+    evaluate: bool = field(default=True, metadata={"help": "measure perplexity and KL"})
+
+    def validate(self) -> "QuantizeOptions":
+        """Raise ZephyrError naming the bad value and the allowed ones."""
+        _one_of("--bits", self.bits, ALLOWED_BITS)
+        _one_of("--group-size", self.group_size, ALLOWED_GROUP_SIZES)
+        _one_of("--dtype", self.dtype, ALLOWED_DTYPES)
+        if self.head_bits is not None:
+            _one_of("--head-bits", self.head_bits, ALLOWED_BITS)
+        return self
+
+
+def _one_of(flag: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ZephyrError(
+            f"{flag} {value} is not supported: choose one of {', '.join(map(str, allowed))}")
+
+
+def output_name(source_name: str, opts: QuantizeOptions) -> str:
+    """`<name>-<bits>bit`, plus `-g<group>` when not 64 and `-head<bits>` when set."""
+    name = f"{source_name}-{opts.bits}bit"
+    if opts.group_size != 64:
+        name += f"-g{opts.group_size}"
+    if opts.head_bits is not None and opts.head_bits != opts.bits:
+        name += f"-head{opts.head_bits}"
+    return name
+
+
+@dataclass
+class QuantizeReport:
+    """What `quantize` did; saved as quantization_report.json beside the model."""
+
+    source: str
+    output: str
+    bits: int
+    group_size: int
+    dtype: str
+    head_bits: int | None
+    source_bytes: int
+    output_bytes: int
+    bits_per_weight: float  # over the layers quantized at `bits`: bits + 32 / group_size
+    head_bits_per_weight: float | None  # embedding and head, when --head-bits differs
+    overall_bits_per_weight: float  # every parameter, norms included
+    parameters: int
+    quantized_parameters: int
+    seconds: float
+    quantize_seconds: float
+    peak_rss_gb: float  # the whole process, from getrusage
+    peak_mlx_gb: float  # MLX's own allocator
+    quality: dict | None = None
+    tool_version: str = ""
+    mlx_lm_version: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Plan:
+    source: Path
+    out: Path
+    config: dict
+    model: object  # lazily loaded: nothing read yet
+    estimate_bytes: int
+
+
+def _check_source(source: Path) -> dict:
+    from zephyr_local.loading import check_model_dir
+    from zephyr_local.safetensors_header import read_header
+
+    config = check_model_dir(source)
+    quant = config.get("quantization") or config.get("quantization_config")
+    if quant:
+        desc = f"{quant.get('bits', '?')}-bit" if isinstance(quant, dict) else "quantized"
+        raise ModelFormatError(
+            f"{source}: already quantized ({desc}); quantize the original float model "
+            "(fp32/fp16/bf16 safetensors) instead")
+    for shard in sorted(source.glob("*.safetensors")):
+        for name, entry in read_header(shard).items():
+            if entry["dtype"] not in SOURCE_DTYPES:
+                raise ModelFormatError(
+                    f"{shard}: tensor {name} is {entry['dtype']}; the source must be "
+                    f"fp32/fp16/bf16 safetensors")
+    return config
+
+
+def _quantized_modules(model, opts: QuantizeOptions) -> dict:
+    """{path: (bits, module)} for each layer to quantize; raises on bad dimensions."""
+    out, bad = {}, []
+    for path, module in model.named_modules():
+        if not hasattr(module, "to_quantized"):
+            continue
+        bits = opts.head_bits if (opts.head_bits and path in HEAD_LAYERS) else opts.bits
+        dim = module.weight.shape[-1]
+        if dim % opts.group_size:
+            bad.append((_natural(path), path, dim))
+        out[path] = (bits, module)
+    if bad:
+        _, path, dim = min(bad)
+        ok = [g for g in ALLOWED_GROUP_SIZES if all(d % g == 0 for *_, d in bad)]
+        more = f" and {len(bad) - 1} more layers" if len(bad) > 1 else ""
+        raise ZephyrError(
+            f"--group-size {opts.group_size} does not divide the input dimension {dim} of "
+            f"{path}{more}: choose one of {', '.join(map(str, ok)) or '(none fits this model)'}")
+    return out
+
+
+def _natural(path: str) -> tuple:
+    """Sort key that puts layers.2 before layers.10."""
+    return tuple(int(p) if p.isdigit() else p for p in path.split("."))
+
+
+def _estimate_bytes(model, layers: dict, opts: QuantizeOptions) -> int:
+    """Output size: quantized layers at bits + 32/group per weight, the rest at 16 bits."""
+    from mlx.utils import tree_flatten
+
+    total = sum(v.size for _, v in tree_flatten(model.parameters())) * 2
+    for bits, module in layers.values():
+        n = module.weight.size
+        total += int(n * (bits + 32 / opts.group_size) / 8) - n * 2
+    return total
+
+
+def plan(source: Path, out: Path, opts: QuantizeOptions) -> _Plan:
+    """Every check that can fail, before any work: options, source, output, disk."""
+    opts.validate()
+    source, out = Path(source), Path(out)
+    config = _check_source(source)
+    if out.exists() and not opts.force:
+        raise ZephyrError(f"{out} already exists: pass --force to replace it")
+    if out.resolve() == source.resolve():
+        raise ZephyrError(f"{out} is the source model: choose another --out")
+    from mlx_lm.utils import load_model
+
+    try:
+        model, config = load_model(source, lazy=True)  # reads headers only
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ModelFormatError(f"{source}: cannot load weights ({exc})") from None
+    layers = _quantized_modules(model, opts)
+    need = _estimate_bytes(model, layers, opts) + DISK_MARGIN_BYTES
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise ZephyrError(
+            f"not enough disk space for {out}: need about {need / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB free on {parent}")
+    return _Plan(source, out, config, model, need)
+
+
+def _quantize_lazily(model, config: dict, opts: QuantizeOptions):
+    """mlx-lm's quantize_model on the lazy model: builds the graph, computes nothing."""
+    import mlx.core as mx
+    from mlx.utils import tree_map
+    from mlx_lm.utils import quantize_model
+
+    dtype = getattr(mx, opts.dtype)
+    model.update(tree_map(
+        lambda x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) else x,
+        model.parameters()))
+    head = {"group_size": opts.group_size, "bits": opts.head_bits, "mode": "affine"}
+
+    def predicate(path, module):
+        return head if (opts.head_bits and path in HEAD_LAYERS) else True
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its own bits/weight line
+        return quantize_model(model, config, opts.group_size, opts.bits,
+                              quant_predicate=predicate if opts.head_bits else None)
+
+
+def _layer_stats(model) -> dict:
+    """Parameter and byte counts, in total and over the quantized layers."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import get_total_parameters
+
+    stats = {"parameters": get_total_parameters(model), "by_bits": {}}
+    for _, m in model.named_modules():
+        if hasattr(m, "bits"):  # a quantized layer: packed weight, scales, biases
+            nbytes, params = stats["by_bits"].get(m.bits, (0, 0))
+            stats["by_bits"][m.bits] = (
+                nbytes + sum(v.nbytes for _, v in tree_flatten(m.parameters())),
+                params + m.weight.size * 32 // m.bits)
+    return stats
+
+
+def _bpw(nbytes_params: tuple[int, int] | None) -> float | None:
+    return round(8 * nbytes_params[0] / nbytes_params[1], 4) if nbytes_params else None
+
+
+def _write_weights(weights: dict, parameters: int, dst: Path, progress: Progress | None) -> int:
+    """Evaluate one module at a time and write it to 1 GB shards in mlx-lm's layout.
+
+    `weights` (name -> lazy array) is emptied as shards are written, so each
+    array is freed once on disk; the caller must hold no other reference.
+
+    Returns:
+        The bytes of weights written.
+    """
+    import mlx.core as mx
+    from mlx_lm.utils import make_shards
+
+    written = 0
+    shards = make_shards(weights, SHARD_GB)
+    total = len({k.rsplit(".", 1)[0] for k in weights})
+    fmt = "model-{:05d}-of-{:05d}.safetensors" if len(shards) > 1 else "model.safetensors"
+    index = {"metadata": {"total_size": sum(v.nbytes for v in weights.values()),
+                          "total_parameters": parameters}, "weight_map": {}}
+    done = 0
+    for i, shard in enumerate(shards):
+        by_module: dict[str, list] = {}
+        for k, v in shard.items():
+            by_module.setdefault(k.rsplit(".", 1)[0], []).append(v)
+        for module, arrays in by_module.items():
+            mx.eval(arrays)  # one layer's source read, quantized, and kept
+            done += 1
+            if progress:
+                progress(done, total, module)
+        by_module = arrays = None
+        name = fmt.format(i + 1, len(shards))
+        mx.save_safetensors(str(dst / name), shard, metadata={"format": "mlx"})
+        for k in shard:
+            index["weight_map"][k] = name
+            written += weights.pop(k).nbytes
+        shards[i] = shard = None
+    index["weight_map"] = dict(sorted(index["weight_map"].items()))
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=4))
+    return written
+
+
+def _peak_rss_gb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1e9 if sys.platform == "darwin" else rss * 1024 / 1e9  # bytes vs KiB
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _versions() -> tuple[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("zephyr-local", "mlx-lm"):
+        try:
+            out.append(version(pkg))
+        except PackageNotFoundError:
+            out.append("unknown")
+    return out[0], out[1]
+
+
+def quantize(
+    source: Path,
+    out: Path,
+    opts: QuantizeOptions,
+    progress: Progress | None = None,
+    eval_progress: Progress | None = None,
+) -> QuantizeReport:
+    """Quantize the model at `source` into `out`, atomically, and report on it.
+
+    The output is built in a hidden temporary directory beside `out` and renamed
+    into place only when complete; any failure (Ctrl-C included) removes it.
+
+    Raises:
+        ZephyrError: bad options, an unusable or already-quantized source, an
+            existing output without `force`, too little disk space: all before
+            any work.
+    """
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    start = time.perf_counter()
+    p = plan(source, out, opts)
+    mx.reset_peak_memory()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.out.name}.tmp-", dir=p.out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make the model private to this user
+    try:
+        model, qconfig = _quantize_lazily(p.model, p.config, opts)
+        p.model = None
+        stats = _layer_stats(model)
+        weights = dict(tree_flatten(model.parameters()))
+        del model  # the flat dict alone holds the arrays: writing a shard frees it
+        stats["bytes"] = _write_weights(weights, stats["parameters"], tmp, progress)
+        quantize_seconds = time.perf_counter() - start
+        copy_tokenizer_files(p.source, tmp)
+        if "torch_dtype" in qconfig:
+            qconfig["torch_dtype"] = opts.dtype
+        _save_config(qconfig, tmp)  # last: a directory without config.json is no model
+        quality = _evaluate(p.source, tmp, eval_progress) if opts.evaluate else None
+        tool, mlx_lm = _versions()
+        report = QuantizeReport(
+            source=str(p.source), output=str(p.out), bits=opts.bits,
+            group_size=opts.group_size, dtype=opts.dtype, head_bits=opts.head_bits,
+            source_bytes=_dir_bytes(p.source), output_bytes=_dir_bytes(tmp),
+            bits_per_weight=_bpw(stats["by_bits"].get(opts.bits)),
+            head_bits_per_weight=_bpw(stats["by_bits"].get(opts.head_bits))
+            if opts.head_bits not in (None, opts.bits) else None,
+            overall_bits_per_weight=round(8 * stats["bytes"] / stats["parameters"], 4),
+            parameters=stats["parameters"],
+            quantized_parameters=sum(n for _, n in stats["by_bits"].values()),
+            seconds=round(time.perf_counter() - start, 2),
+            quantize_seconds=round(quantize_seconds, 2), peak_rss_gb=round(_peak_rss_gb(), 3),
+            peak_mlx_gb=round(mx.get_peak_memory() / 1e9, 3),
+            quality=quality.as_dict() if quality else None,
+            tool_version=tool, mlx_lm_version=mlx_lm,
+        )
+        (tmp / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=2))
+        write_model_card(tmp, report)
+        report.output_bytes = _dir_bytes(tmp)
+        replace_dir(tmp, p.out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def _save_config(config: dict, dst: Path) -> None:
+    from mlx_lm.utils import save_config
+
+    save_config(config, config_path=dst / "config.json")
+
+
+def _evaluate(source: Path, quantized: Path, progress: Progress | None):
+    from zephyr_local.loading import load_tokenizer
+    from zephyr_local.quality import evaluate
+
+    return evaluate(source, quantized, load_tokenizer(source), progress=progress)
