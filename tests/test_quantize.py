@@ -340,3 +340,33 @@ def test_missing_model_and_default_name(run_cli, no_work):
     assert q.output_name(store_name(DEFAULT_REPO), q.QuantizeOptions()) == DEFAULT_MODEL
     result = run_cli("quantize", "no-such-model")
     assert result.exit_code == 2 and "model 'no-such-model' not found" in result.stderr
+
+
+def test_sharded_source_and_output(qstore, monkeypatch):
+    """A multi-shard source (the full-size writer, shrunk) and a multi-shard output."""
+    import mlx.core as mx
+    import mlx_lm.utils
+    from mlx_lm import load
+
+    from zephyr_local import testmodel
+
+    monkeypatch.setattr(testmodel, "ZEPHYR_CONFIG", testmodel.tiny_config(intermediate_size=384))
+    monkeypatch.setattr(testmodel, "FULL_SIZE_SHARD_BYTES", 4 << 20)
+    src = testmodel.create_full_size_test_model(qstore / "sharded", dtype="float32")
+    src_shards = sorted(p.name for p in src.glob("*.safetensors"))
+    assert len(src_shards) > 2 and src_shards[0] == f"model-00001-of-{len(src_shards):05d}.safetensors"
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(_headers(src))
+
+    monkeypatch.setattr(mlx_lm.utils, "make_shards",  # ten tensors per shard
+                        lambda w, gb: [dict(list(w.items())[i:i + 10]) for i in range(0, len(w), 10)])
+    out = qstore / "sharded-4bit"
+    q.quantize(src, out, q.QuantizeOptions(evaluate=False))
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) > 2
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    for name, shard in index["weight_map"].items():
+        assert name in read_header(out / shard)
+    model, tokenizer = load(str(out))
+    ids = mx.array(tokenizer.encode("Hello there"))[None]
+    assert model(ids).shape == (1, ids.shape[1], 32000)

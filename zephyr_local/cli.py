@@ -290,11 +290,14 @@ def _human(n: float) -> str:
 @cli.command("create-test-model")
 @click.argument("out_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
-              show_default=True, help="float32 is fastest on CPUs.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="float32 is fastest on CPUs (default; bfloat16 with --full-size).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--full-size", is_flag=True,
+              help="Zephyr-7B's real shape (~14.5 GB in bf16), written shard by shard, "
+                   "for measuring quantize and memory (default OUT_DIR: zephyr-test-7b).")
 @click.pass_context
-def create_test_model_cmd(ctx, out_dir, seed, dtype, force) -> None:
+def create_test_model_cmd(ctx, out_dir, seed, dtype, force, full_size) -> None:
     """Write a tiny random-weight Zephyr-architecture model with the real tokenizer.
 
     OUT_DIR defaults to `zephyr-test` in the model store. Every command works on
@@ -302,10 +305,16 @@ def create_test_model_cmd(ctx, out_dir, seed, dtype, force) -> None:
 
     Example: zephyr-local create-test-model && zephyr-local generate -m zephyr-test -p Hi
     """
-    from zephyr_local.testmodel import create_test_model
+    from zephyr_local.testmodel import create_full_size_test_model, create_test_model
 
-    out = Path(out_dir) if out_dir else _store(ctx) / "zephyr-test"
-    path = create_test_model(out, seed=seed, dtype=dtype, force=force)
+    if full_size:
+        out = Path(out_dir) if out_dir else _store(ctx) / "zephyr-test-7b"
+        path = create_full_size_test_model(
+            out, seed=seed, dtype=dtype or "bfloat16", force=force,
+            progress=lambda done, total: click.echo(f"shard {done}/{total} written", err=True))
+    else:
+        out = Path(out_dir) if out_dir else _store(ctx) / "zephyr-test"
+        path = create_test_model(out, seed=seed, dtype=dtype or "float32", force=force)
     click.echo(f"Wrote {path}")
 
 

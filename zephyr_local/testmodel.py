@@ -166,3 +166,86 @@ def create_test_model(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+FULL_SIZE_SHARD_BYTES = 2 << 30  # about Zephyr's own shard size
+
+
+def _shard_plan(shapes: dict, itemsize: int, shard_bytes: int) -> list[list[str]]:
+    """Tensor names grouped into shards of at most `shard_bytes` (one tensor may exceed it)."""
+    shards, size = [], 0
+    for name, shape in shapes.items():
+        nbytes = itemsize * _prod(shape)
+        if not shards or size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def create_full_size_test_model(
+    out: Path, *, seed: int = 0, dtype: str = "bfloat16", force: bool = False,
+    progress=None,
+) -> Path:
+    """Write a Zephyr-7B-shaped random-weight model (~14.5 GB in bf16), shard by shard.
+
+    For measuring `quantize` and memory at full size without downloading Zephyr.
+    Only one ~2 GB shard is in memory at a time. `progress(done, total)` is
+    called after each shard. The directory is renamed into place when complete.
+    """
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise ZephyrError(f"{out} already exists: pass --force to replace it")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ZephyrError(f"dtype {dtype!r} is not one of float32, float16, bfloat16")
+    config = {**ZEPHYR_CONFIG, "torch_dtype": dtype}
+    # Building the module only creates lazy initializers: it gives the shapes for free.
+    shapes = {k: v.shape for k, v in tree_flatten(
+        llama.Model(llama.ModelArgs.from_dict(config)).parameters())}
+    mx_dtype = getattr(mx, dtype)
+    plan = _shard_plan(shapes, mx_dtype.size, FULL_SIZE_SHARD_BYTES)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        mx.random.seed(seed)
+        weight_map = {}
+        for i, names in enumerate(plan):
+            shard_name = f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors"
+            tensors = {}
+            for name in names:
+                shape = shapes[name]
+                value = (mx.ones(shape) if name.endswith("norm.weight")
+                         else mx.random.normal(shape) * (shape[-1] ** -0.5))
+                tensors[name] = value.astype(mx_dtype)
+                mx.eval(tensors[name])
+                weight_map[name] = shard_name
+            mx.save_safetensors(str(tmp / shard_name), tensors, metadata={"format": "pt"})
+            del tensors
+            if progress:
+                progress(i + 1, len(plan))
+        total = sum(mx_dtype.size * _prod(s) for s in shapes.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        gen = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+        write_tokenizer_files(tmp)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
