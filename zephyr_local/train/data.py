@@ -50,12 +50,24 @@ class Dataset:
         return len(self.examples)
 
 
+EXAMPLES = {  # the bundled worked-example data: (train, valid) files in zephyr_local/data
+    "sft": ("recipe_sft.jsonl", "recipe_sft_valid.jsonl"),
+    "prefs": ("recipe_prefs.jsonl", "recipe_prefs_valid.jsonl"),
+}
+
+
 def resolve_source(spec: str, split: str = "train") -> Path:
     """The JSONL file for a --data value: a file, or a directory's train/valid.jsonl.
 
-    A Hugging Face dataset id (`owner/name`, optionally `:split`) is fetched once
+    `example:sft` and `example:prefs` name the bundled worked-example data. A
+    Hugging Face dataset id (`owner/name`, optionally `:split`) is fetched once
     into the local cache by `hub.dataset_file`.
     """
+    if spec.startswith("example:"):
+        name = spec.split(":", 1)[1]
+        if name not in EXAMPLES:
+            raise DataError(f"unknown bundled data {spec!r}: use example:sft or example:prefs")
+        return Path(__file__).resolve().parent.parent / "data" / EXAMPLES[name][split == "valid"]
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -70,6 +82,14 @@ def resolve_source(spec: str, split: str = "train") -> Path:
         return dataset_file(spec, split)
     raise DataError(f"data {spec!r} not found: give a JSONL file, a directory with "
                     "train.jsonl/valid.jsonl, or a Hugging Face dataset id like owner/name:split")
+
+
+def default_eval_source(spec: str) -> str | None:
+    """The held-out data that goes with --data: valid.jsonl beside train.jsonl."""
+    if spec.startswith("example:"):
+        return spec
+    path = Path(spec).expanduser()
+    return str(path) if path.is_dir() and (path / "valid.jsonl").is_file() else None
 
 
 def _cut_after_last_eos(ids: list[int]) -> list[int]:

@@ -14,7 +14,7 @@ from zephyr_local import loading, store
 from zephyr_local.errors import ZephyrError
 from zephyr_local.train import checkpoint as ckpt
 from zephyr_local.train.config import TrainConfig
-from zephyr_local.train.data import Dataset, load_dataset
+from zephyr_local.train.data import Dataset, default_eval_source, load_dataset
 from zephyr_local.train.logprobs import lora_layers
 from zephyr_local.train.lora import adapter_config, apply_lora, atomic_write_bytes, load_adapter_into, save_adapter
 from zephyr_local.train.metrics import MetricsLog
@@ -44,10 +44,7 @@ def default_cache_dir() -> Path:
 
 
 def _eval_source(cfg: TrainConfig) -> str | None:
-    if cfg.eval_data:
-        return cfg.eval_data
-    path = Path(cfg.data).expanduser()
-    return str(path) if path.is_dir() and (path / "valid.jsonl").is_file() else None
+    return cfg.eval_data or default_eval_source(cfg.data)
 
 
 class _Run:
@@ -125,6 +122,40 @@ def load_run_config(out: Path) -> dict:
     return json.loads(path.read_text())
 
 
+class _Recorder:
+    """The loop's hooks: log each step and evaluation, write checkpoints and the adapter."""
+
+    def __init__(self, r: _Run, optimizer, plan, log: MetricsLog, result: RunResult, eval_obj):
+        self.r, self.optimizer, self.plan, self.log = r, optimizer, plan, log
+        self.result, self.eval_obj = result, eval_obj
+
+    def step(self, record: dict) -> None:
+        self.log.append(record)
+        self.result.last = record
+        self.r.emit("step", record)
+
+    def evaluate(self, step: int) -> None:
+        if self.eval_obj is None:
+            return
+        metrics = self.r.evaluate(self.eval_obj)
+        record = {"step": step, **{f"eval/{k}": v for k, v in metrics.items()}}
+        self.log.append(record)
+        self.result.eval = record
+        self.r.emit("eval", record)
+
+    def checkpoint(self, step: int) -> Path:
+        cfg = self.r.cfg
+        state = {"step": step, "kind": cfg.kind, "config": cfg.to_dict(),
+                 "data_order": {"scheme": "numpy default_rng([seed, epoch]).permutation",
+                                "next_micro_batch": step * self.plan.accumulation},
+                 "rng": {"scheme": "mx.random.seed(seed * 1000003 + step) before each step",
+                         "seed": cfg.seed}}
+        path = ckpt.save_checkpoint(self.r.out, self.r.model, self.optimizer, state)
+        save_adapter(self.r.out, self.r.model, self.r.adapter_config(step))
+        self.r.emit("checkpoint", {"step": step, "path": str(path)})
+        return path
+
+
 def run(cfg: TrainConfig, *, resume: bool = False, models_dir=None, cache_dir=None,
         on_event: Callable[[str, object], None] | None = None) -> RunResult:
     """Train an adapter (SFT or DPO) as `cfg` says; see the `sft` / `dpo` commands.
@@ -149,34 +180,11 @@ def run(cfg: TrainConfig, *, resume: bool = False, models_dir=None, cache_dir=No
     result = RunResult(out, start, plan.total_steps, reference_from_cache=hit,
                        train_summary=r.train.summary.as_dict())
     r.emit("start", {"total": plan.total_steps, "start": start, "plan": plan})
-
-    def on_step(record):
-        log.append(record)
-        result.last = record
-        r.emit("step", record)
-
-    def on_eval(step):
-        record = {"step": step, **{f"eval/{k}": v for k, v in r.evaluate(eval_obj).items()}}
-        log.append(record)
-        result.eval = record
-        r.emit("eval", record)
-
-    def on_checkpoint(step):
-        state = {"step": step, "kind": cfg.kind, "config": cfg.to_dict(),
-                 "data_order": {"scheme": "numpy default_rng([seed, epoch]).permutation",
-                                "next_micro_batch": step * plan.accumulation},
-                 "rng": {"scheme": "mx.random.seed(seed * 1000003 + step) before each step",
-                         "seed": cfg.seed}}
-        path = ckpt.save_checkpoint(out, r.model, optimizer, state)
-        save_adapter(out, r.model, r.adapter_config(step))
-        r.emit("checkpoint", {"step": step, "path": str(path)})
-        return path
-
-    hooks = Hooks(on_step, on_eval if eval_obj else (lambda s: None), on_checkpoint)
+    rec = _Recorder(r, optimizer, plan, log, result, eval_obj)
+    hooks = Hooks(rec.step, rec.evaluate, rec.checkpoint)
     result.steps = run_loop(r.model, objective, optimizer, plan, cfg, start, hooks)
-    if eval_obj is not None:
-        on_eval(result.steps)
-    on_checkpoint(result.steps)
+    rec.evaluate(result.steps)
+    rec.checkpoint(result.steps)
     result.plot = _plot(out, log)
     r.emit("done", result)
     return result
