@@ -370,3 +370,29 @@ def test_sharded_source_and_output(qstore, monkeypatch):
     model, tokenizer = load(str(out))
     ids = mx.array(tokenizer.encode("Hello there"))[None]
     assert model(ids).shape == (1, ids.shape[1], 32000)
+
+
+def test_bfloat16_scales_and_parameters(qstore):
+    out = qstore / "src-4bit-bf16"
+    report = q.quantize(qstore / "src", out, q.QuantizeOptions(dtype="bfloat16", evaluate=False))
+    headers = _headers(out)
+    assert headers["lm_head.scales"]["dtype"] == "BF16"
+    assert headers["model.norm.weight"]["dtype"] == "BF16"
+    assert report.bits_per_weight == 4.5
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
+def test_hub_id_not_in_the_store_is_pulled_first(qstore, monkeypatch):
+    from zephyr_local import pull
+
+    calls = []
+
+    def fake_pull(repo_id, store, notify=None, **kwargs):
+        calls.append((repo_id, store))
+        return SimpleNamespace(path=qstore / "src")
+
+    monkeypatch.setattr(pull, "pull", fake_pull)
+    result = _cli(qstore)("quantize", "someone/fresh", "--no-eval")
+    assert result.exit_code == 0, result.output
+    assert calls == [("someone/fresh", qstore)]
+    assert (qstore / "fresh-4bit" / "config.json").exists()

@@ -412,9 +412,10 @@ def quantize(ctx, model, bits, group_size, dtype, head_bits, out, force, no_eval
 
     opts = q.QuantizeOptions(bits=bits, group_size=group_size, dtype=dtype,
                              head_bits=head_bits, force=force, evaluate=not no_eval).validate()
-    source = _quantize_source(model or store.DEFAULT_REPO, _store(ctx))
-    name = store.store_name(model) if model and "/" in model and not Path(model).is_dir() \
-        else source.name
+    arg = model or store.DEFAULT_REPO
+    source = _quantize_source(arg, _store(ctx))
+    # a hub id names the output (a Hugging Face cache snapshot dir is a commit hash)
+    name = store.store_name(arg) if "/" in arg and not Path(arg).is_dir() else source.name
     target = Path(out) if out else _store(ctx) / q.output_name(name, opts)
     with _progress_bars() as bars:
         report = q.quantize(source, target, opts, bars("Quantizing"), bars("Evaluating"))
@@ -486,7 +487,10 @@ def _print_quantize_report(r) -> None:
           if r.head_bits_per_weight else []),
         ("bits/weight (all parameters)", f"{r.overall_bits_per_weight:.3f}"),
         ("time", f"{r.seconds:.1f} s (quantize {r.quantize_seconds:.1f} s)"),
-        ("peak memory", f"{r.peak_rss_gb:.2f} GB RSS, {r.peak_mlx_gb:.2f} GB MLX"),
+        ("peak memory, quantizing",
+         f"{r.quantize_peak_rss_gb:.2f} GB RSS, {r.quantize_peak_mlx_gb:.2f} GB MLX"),
+        *([("peak memory, with evaluation",
+            f"{r.peak_rss_gb:.2f} GB RSS, {r.peak_mlx_gb:.2f} GB MLX")] if r.quality else []),
     ]
     if r.quality:
         qd = r.quality

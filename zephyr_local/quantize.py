@@ -96,9 +96,11 @@ class QuantizeReport:
     parameters: int
     quantized_parameters: int
     seconds: float
-    quantize_seconds: float
-    peak_rss_gb: float  # the whole process, from getrusage
-    peak_mlx_gb: float  # MLX's own allocator
+    quantize_seconds: float  # checks, quantization and writing the weights
+    quantize_peak_rss_gb: float  # the process (getrusage) when the weights were written
+    quantize_peak_mlx_gb: float  # MLX's own allocator, likewise
+    peak_rss_gb: float  # the whole run, quality evaluation included
+    peak_mlx_gb: float
     quality: dict | None = None
     tool_version: str = ""
     mlx_lm_version: str = ""
@@ -332,29 +334,14 @@ def quantize(
         weights = dict(tree_flatten(model.parameters()))
         del model  # the flat dict alone holds the arrays: writing a shard frees it
         stats["bytes"] = _write_weights(weights, stats["parameters"], tmp, progress)
-        quantize_seconds = time.perf_counter() - start
+        stats["seconds"] = time.perf_counter() - start
+        stats["rss"], stats["mlx"] = _peak_rss_gb(), mx.get_peak_memory() / 1e9
         copy_tokenizer_files(p.source, tmp)
         if "torch_dtype" in qconfig:
             qconfig["torch_dtype"] = opts.dtype
         _save_config(qconfig, tmp)  # last: a directory without config.json is no model
         quality = _evaluate(p.source, tmp, eval_progress) if opts.evaluate else None
-        tool, mlx_lm = _versions()
-        report = QuantizeReport(
-            source=str(p.source), output=str(p.out), bits=opts.bits,
-            group_size=opts.group_size, dtype=opts.dtype, head_bits=opts.head_bits,
-            source_bytes=_dir_bytes(p.source), output_bytes=_dir_bytes(tmp),
-            bits_per_weight=_bpw(stats["by_bits"].get(opts.bits)),
-            head_bits_per_weight=_bpw(stats["by_bits"].get(opts.head_bits))
-            if opts.head_bits not in (None, opts.bits) else None,
-            overall_bits_per_weight=round(8 * stats["bytes"] / stats["parameters"], 4),
-            parameters=stats["parameters"],
-            quantized_parameters=sum(n for _, n in stats["by_bits"].values()),
-            seconds=round(time.perf_counter() - start, 2),
-            quantize_seconds=round(quantize_seconds, 2), peak_rss_gb=round(_peak_rss_gb(), 3),
-            peak_mlx_gb=round(mx.get_peak_memory() / 1e9, 3),
-            quality=quality.as_dict() if quality else None,
-            tool_version=tool, mlx_lm_version=mlx_lm,
-        )
+        report = _report(p, tmp, opts, stats, quality, time.perf_counter() - start)
         (tmp / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=2))
         write_model_card(tmp, report)
         report.output_bytes = _dir_bytes(tmp)
@@ -363,6 +350,29 @@ def quantize(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def _report(p: _Plan, tmp: Path, opts: QuantizeOptions, stats: dict, quality,
+            seconds: float) -> QuantizeReport:
+    import mlx.core as mx
+
+    tool, mlx_lm = _versions()
+    head_bpw = None
+    if opts.head_bits not in (None, opts.bits):
+        head_bpw = _bpw(stats["by_bits"].get(opts.head_bits))
+    return QuantizeReport(
+        source=str(p.source), output=str(p.out), bits=opts.bits, group_size=opts.group_size,
+        dtype=opts.dtype, head_bits=opts.head_bits,
+        source_bytes=_dir_bytes(p.source), output_bytes=_dir_bytes(tmp),
+        bits_per_weight=_bpw(stats["by_bits"].get(opts.bits)), head_bits_per_weight=head_bpw,
+        overall_bits_per_weight=round(8 * stats["bytes"] / stats["parameters"], 4),
+        parameters=stats["parameters"],
+        quantized_parameters=sum(n for _, n in stats["by_bits"].values()),
+        seconds=round(seconds, 2), quantize_seconds=round(stats["seconds"], 2),
+        quantize_peak_rss_gb=round(stats["rss"], 3), quantize_peak_mlx_gb=round(stats["mlx"], 3),
+        peak_rss_gb=round(_peak_rss_gb(), 3), peak_mlx_gb=round(mx.get_peak_memory() / 1e9, 3),
+        quality=quality.as_dict() if quality else None, tool_version=tool, mlx_lm_version=mlx_lm,
+    )
 
 
 def _save_config(config: dict, dst: Path) -> None:
