@@ -164,3 +164,11 @@ def test_data_directory_and_missing_sources(tok, tmp_path):
         load_dataset(str(tmp_path), "dpo", tok, DataConfig(), split="valid")
     with pytest.raises(DataError, match="not found"):
         load_dataset(str(tmp_path / "nope.jsonl"), "dpo", tok, DataConfig())
+
+
+@pytest.mark.parametrize("spec,kind,split,rows", [
+    ("example:sft", "sft", "train", 34), ("example:sft", "sft", "valid", 6),
+    ("example:prefs", "dpo", "train", 42), ("example:prefs", "dpo", "valid", 10)])
+def test_bundled_example_data_is_clean(tok, spec, kind, split, rows):
+    ds = load_dataset(spec, kind, tok, DataConfig(strict=True), split=split)
+    assert len(ds) == rows and ds.summary.read == rows and not ds.summary.boundary_merges

@@ -251,3 +251,9 @@ def test_sft_then_dpo_then_evaluate_then_fuse(run_cli, data, tmp_path, test_mode
     assert json.loads((tmp_path / "q4" / "config.json").read_text())["quantization"]["bits"] == 4
     g = run_cli("generate", "-m", str(tmp_path / "q4"), "--temp", "0", "--max-tokens", "3", "-p", "Hi")
     assert g.exit_code == 0, g.output
+    # QLoRA: LoRA on the 4-bit model; the reference is the same quantized weights.
+    r = run_cli("dpo", "-m", str(tmp_path / "q4"), "--data", data["heldout"], "--out",
+                str(tmp_path / "qlora"), *TINY, "--iters", "2", "--lr", "1e-3")
+    assert r.exit_code == 0, r.output
+    q = records(tmp_path / "qlora")
+    assert q[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and q[1]["loss"] < q[0]["loss"]
