@@ -257,3 +257,17 @@ def test_sft_then_dpo_then_evaluate_then_fuse(run_cli, data, tmp_path, test_mode
     assert r.exit_code == 0, r.output
     q = records(tmp_path / "qlora")
     assert q[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and q[1]["loss"] < q[0]["loss"]
+
+
+def test_grad_checkpoint_gives_the_same_steps(run_cli, data, tmp_path):
+    args = ("--iters", "2", "--lr", "1e-3")
+    assert dpo(run_cli, data["heldout"], tmp_path / "plain", *args).exit_code == 0
+    r = dpo(run_cli, data["heldout"], tmp_path / "ckpt", *args, "--grad-checkpoint")
+    assert r.exit_code == 0, r.output
+    a, b = strip_timing(records(tmp_path / "plain")), strip_timing(records(tmp_path / "ckpt"))
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        for k in ra:
+            assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), k
+    finished = run_cli("dpo", "--out", str(tmp_path / "plain"), "--resume")
+    assert finished.exit_code != 0 and "already finished (2 of 2 steps)" in finished.stderr

@@ -193,8 +193,8 @@ def run_training(ctx: click.Context, kind: str, kw: dict) -> None:
         result = run(cfg, resume=resume, on_event=on_event)
     except KeyboardInterrupt:
         progress.stop()
-        click.echo(f"Interrupted: checkpoint saved in {cfg.out}; continue with "
-                   f"`zephyr-local {kind} --out {cfg.out} --resume`.", err=True)
+        click.echo(f"Interrupted: the last checkpoint is in {cfg.out}/checkpoints; continue "
+                   f"with `zephyr-local {kind} --out {cfg.out} --resume`.", err=True)
         ctx.exit(130)
     finally:
         progress.stop()

@@ -128,3 +128,33 @@ def check_adapter_shapes(model, weights_file: Path) -> None:
             raise ModelFormatError(
                 f"{weights_file}: {name} has shape {shape} but the base model needs "
                 f"{tuple(params[name].shape)}: the adapter was trained for another model")
+
+
+_CHECKPOINTED: dict = {}
+
+
+def enable_grad_checkpoint(model) -> None:
+    """Recompute each block's activations in the backward pass (less memory, more time).
+
+    mlx-lm's `grad_checkpoint` patches `__call__` on the block *class*, which would
+    also slow every other model in the process; this swaps in a subclass per instance.
+    """
+    for layer in model.layers:
+        base = type(layer)
+        if base in _CHECKPOINTED.values():
+            continue
+        if base not in _CHECKPOINTED:
+            _CHECKPOINTED[base] = type(f"Checkpointed{base.__name__}", (base,),
+                                       {"__call__": _checkpointed(base.__call__)})
+        layer.__class__ = _CHECKPOINTED[base]
+
+
+def _checkpointed(fn):
+    def call(self, *args, **kwargs):
+        def inner(params, *args, **kwargs):
+            self.update(params)
+            return fn(self, *args, **kwargs)
+
+        return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+    return call

@@ -16,7 +16,8 @@ from zephyr_local.train import checkpoint as ckpt
 from zephyr_local.train.config import TrainConfig
 from zephyr_local.train.data import Dataset, default_eval_source, load_dataset
 from zephyr_local.train.logprobs import lora_layers
-from zephyr_local.train.lora import adapter_config, apply_lora, atomic_write_bytes, load_adapter_into, save_adapter
+from zephyr_local.train.lora import (adapter_config, apply_lora, atomic_write_bytes,
+                                     enable_grad_checkpoint, load_adapter_into, save_adapter)
 from zephyr_local.train.metrics import MetricsLog
 from zephyr_local.train.objectives import DPOObjective, SFTObjective, dpo_eval, sft_eval
 from zephyr_local.train.reference import model_fingerprint, reference_logps
@@ -74,6 +75,8 @@ class _Run:
                 layer.dropout = nn.Dropout(p=dropout)
         else:
             apply_lora(self.model, self.cfg.lora)
+        if self.cfg.grad_checkpoint:
+            enable_grad_checkpoint(self.model)
 
     def objective_for(self, ds: Dataset, tag: str):
         if self.cfg.kind == "sft":
@@ -195,6 +198,9 @@ def _restore(r: _Run, optimizer, log: MetricsLog) -> int:
     if path is None:
         raise ZephyrError(f"{r.out}: no checkpoint to resume from")
     state = ckpt.load_checkpoint(path, r.model, optimizer)
+    total = make_plan(r.cfg, len(r.train)).total_steps
+    if state["step"] >= total:
+        raise ZephyrError(f"{r.out}: the run already finished ({state['step']} of {total} steps)")
     log.truncate_after(state["step"])  # steps logged after the checkpoint are replayed
     return int(state["step"])
 
