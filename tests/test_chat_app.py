@@ -15,15 +15,14 @@ import pytest
 
 from zephyr_local.cli import read_messages
 from zephyr_local.engine import Response
-from zephyr_local.errors import ZephyrError
 from zephyr_local.history import History, StoredMessage
 from zephyr_local.sampling import SamplingOptions
-from zephyr_local.template import encode
+from zephyr_local.template import encode, fit_to_budget
 from zephyr_local.tui.app import ChatApp, ChatConfig
 from zephyr_local.tui.generation import clean_for_display, stream_batched
 from zephyr_local.tui.missing_screen import ModelMissingScreen
 from zephyr_local.tui.text_screen import TextEditScreen
-from zephyr_local.tui.widgets.message import MessageView, last_code_block
+from zephyr_local.tui.widgets.message import last_code_block
 from zephyr_local.tui.widgets.prompt import PromptInput
 from zephyr_local.tui.widgets.sidebar import ConversationItem, HistorySidebar
 
@@ -171,6 +170,22 @@ async def test_follow_up_regenerate_and_edit_reuse_the_cache(engine, tmp_path):
         rows = stored(tmp_path, app.conversation_id)
         assert [m.content for m in rows] == ["First question, edited",
                                              reference_reply(engine, messages)]
+
+
+@pytest.mark.asyncio
+async def test_turns_that_outgrow_the_budget_are_shown_as_dropped(engine, tmp_path):
+    budget = 90
+    app = make_app(engine, tmp_path, context_budget=budget)
+    async with app.run_test(size=SIZE) as pilot:
+        for text in ("one two three four five", "six seven eight nine", "ten eleven twelve"):
+            await type_and_send(pilot, text)
+        stats = app.last_final.stats
+        sent = [{"role": v.role, "content": v.content} for v in app.views()[:-1]]
+        fitted = fit_to_budget(engine.tokenizer, sent, budget, min(GREEDY.max_tokens, budget // 2))
+        assert stats.dropped_turns == fitted.dropped_turns > 0
+        dropped = [v for v in app.views() if v.has_class("dropped")]
+        assert dropped == app.views()[:fitted.dropped_messages]
+        assert "dropped from the context" in str(dropped[0].query_one(".header").render())
 
 
 @pytest.mark.asyncio

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from zephyr_local.engine import Response
 

@@ -33,7 +33,7 @@ class MessageView(Vertical, can_focus=True):
     ]
 
     class EditRequested(Message):
-        def __init__(self, view: "MessageView") -> None:
+        def __init__(self, view: MessageView) -> None:
             super().__init__()
             self.view = view
 

@@ -1,0 +1,89 @@
+"""Measure the chat app against `generate`: tok/s of the same reply, TTFT by turn.
+
+    python -m zephyr_local.tui.speed -m zephyr-test --max-tokens 512 --turns 10
+
+The app runs headless under Textual's Pilot (it renders every update, it just
+does not draw to a terminal); `generate` runs as the real command in a subprocess.
+Both report the engine's own ReplyStats, so the numbers compare like for like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPT = "Write a long story about a lighthouse keeper."
+
+
+def generate_tps(model: str, models_dir: str | None, max_tokens: int) -> float:
+    cmd = [sys.executable, "-m", "zephyr_local.cli"] + (
+        ["--models-dir", models_dir] if models_dir else []) + [
+        "generate", "-m", model, "--temp", "0", "--max-tokens", str(max_tokens),
+        "-p", PROMPT, "--json"]
+    # No check=True: `generate` may abort at interpreter exit after printing (see report).
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+    return json.loads(out.strip().splitlines()[-1])["generation_tps"]
+
+
+async def app_run(model: str, models_dir: str | None, max_tokens: int, turns: int) -> list:
+    """Send `turns` messages in one conversation; return (ReplyStats, UI CPU s) per reply."""
+    from zephyr_local.sampling import SamplingOptions
+    from zephyr_local.tui.app import ChatApp, ChatConfig
+    from zephyr_local.tui.widgets.prompt import PromptInput
+
+    db = Path(tempfile.mkdtemp()) / "history.sqlite"
+    config = ChatConfig(model=model, models_dir=models_dir, history_path=db,
+                        options=SamplingOptions(temperature=0, max_tokens=max_tokens))
+    app = ChatApp(config)
+    stats = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        while app.session is None:
+            if app.load_error:
+                raise SystemExit(str(app.load_error))
+            await pilot.pause(0.05)
+        for turn in range(turns):
+            app.query_one(PromptInput).text = PROMPT if turn == 0 else f"Go on, part {turn + 1}."
+            await pilot.press("enter")
+            ui_cpu = time.thread_time()  # the UI thread's CPU time during the reply
+            while app.generating:
+                await asyncio.sleep(0.1)  # coarse polling: keep the harness itself cheap
+            ui_cpu = time.thread_time() - ui_cpu
+            stats.append((app.last_final.stats, ui_cpu))
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-m", "--model", default="zephyr-test")
+    parser.add_argument("--models-dir", default=None)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    cli, app, ui = [], [], []
+    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both
+        cli.append(generate_tps(args.model, args.models_dir, args.max_tokens))
+        [(stats, ui_cpu)] = asyncio.run(app_run(args.model, args.models_dir, args.max_tokens, 1))
+        app.append(stats.generation_tps)
+        ui.append(ui_cpu / (stats.ttft_s + stats.generation_tokens / stats.generation_tps))
+    turns = asyncio.run(app_run(args.model, args.models_dir, min(args.max_tokens, 64), args.turns))
+    record = {
+        "model": args.model, "max_tokens": args.max_tokens,
+        "generate_tps": cli, "app_tps": app, "ui_thread_cpu_share": ui,
+        "generate_tps_median": statistics.median(cli), "app_tps_median": statistics.median(app),
+        "app_vs_generate": statistics.median(app) / statistics.median(cli),
+        "turns": [{"turn": i + 1, "ttft_s": round(s.ttft_s, 4), "prompt_tokens": s.prompt_tokens,
+                   "prefilled_tokens": s.prefilled_tokens} for i, (s, _) in enumerate(turns)],
+    }
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
