@@ -122,7 +122,7 @@ def dpo_step_benchmark(model_path, batch_size: int = 2, max_length: int = 256, s
 
 
 if __name__ == "__main__":
-    import zephyr_local  # noqa: F401  (OpenBLAS before mlx)
+    import zephyr_local
 
     print(json.dumps(dpo_step_benchmark(Path(sys.argv[1]),
                                         batch_size=int(sys.argv[2]) if len(sys.argv) > 2 else 2),

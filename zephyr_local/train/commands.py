@@ -140,7 +140,13 @@ def build_config(ctx: click.Context, kind: str, kw: dict):
 
 def _progress(kind: str):
     """A rich progress bar fed by the run's events; returns (callback, progress)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     progress = Progress(TextColumn(f"{kind}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), TextColumn("{task.fields[info]}"),

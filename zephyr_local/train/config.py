@@ -71,9 +71,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        lora = LoRAConfig(**{**d.pop("lora", {})})
+        lora = LoRAConfig(**d.pop("lora", {}))
         lora.targets = tuple(lora.targets)
         data = DataConfig(**d.pop("data_config", {}))
         return cls(**d, lora=lora, data_config=data)

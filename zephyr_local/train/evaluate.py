@@ -46,8 +46,8 @@ def evaluate(model_path: Path, data: str, adapter: Path | None = None, *,
     rejected and logps, against the reference (the base with adapters off, or the
     adapter the run started from). SFT data: loss and perplexity over assistant tokens.
     """
-    from zephyr_local.train.lora import apply_lora
     from zephyr_local.train.config import LoRAConfig
+    from zephyr_local.train.lora import apply_lora
     from zephyr_local.train.run import default_cache_dir
 
     dc = data_config or DataConfig()

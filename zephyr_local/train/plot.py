@@ -86,8 +86,13 @@ def draw_panel(img, ox, oy, title, series) -> None:
     vmin, vmax = min(p[1] for p in pts), max(p[1] for p in pts)
     if vmax - vmin < 1e-12:
         vmin, vmax = vmin - 0.5, vmax + 0.5
-    sx = lambda s: x0 + 3 + (s - smin) / max(smax - smin, 1) * (x1 - x0 - 6)  # noqa: E731
-    sy = lambda v: y1 - 3 - (v - vmin) / (vmax - vmin) * (y1 - y0 - 6)  # noqa: E731
+
+    def sx(s):
+        return x0 + 3 + (s - smin) / max(smax - smin, 1) * (x1 - x0 - 6)
+
+    def sy(v):
+        return y1 - 3 - (v - vmin) / (vmax - vmin) * (y1 - y0 - 6)
+
     for steps, vals, color in series:
         xy = [(sx(s), sy(v)) for s, v in zip(steps, vals) if math.isfinite(v)]
         for (a, b), (c, d) in zip(xy, xy[1:]):

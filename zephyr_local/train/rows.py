@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from zephyr_local.errors import ZephyrError
 from zephyr_local.template import validate

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -16,8 +16,14 @@ from zephyr_local.train import checkpoint as ckpt
 from zephyr_local.train.config import TrainConfig
 from zephyr_local.train.data import Dataset, default_eval_source, load_dataset
 from zephyr_local.train.logprobs import lora_layers
-from zephyr_local.train.lora import (adapter_config, apply_lora, atomic_write_bytes,
-                                     enable_grad_checkpoint, load_adapter_into, save_adapter)
+from zephyr_local.train.lora import (
+    adapter_config,
+    apply_lora,
+    atomic_write_bytes,
+    enable_grad_checkpoint,
+    load_adapter_into,
+    save_adapter,
+)
 from zephyr_local.train.metrics import MetricsLog
 from zephyr_local.train.objectives import DPOObjective, SFTObjective, dpo_eval, sft_eval
 from zephyr_local.train.reference import model_fingerprint, reference_logps

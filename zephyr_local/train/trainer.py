@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -121,7 +121,7 @@ def train_step(model, objective, optimizer, plan: Plan, step: int, cfg: TrainCon
 
 
 def run_loop(model, objective, optimizer, plan: Plan, cfg: TrainConfig, start: int,
-             hooks: "Hooks") -> int:
+             hooks: Hooks) -> int:
     """Steps start..total; checkpoints on schedule, on Ctrl-C and before a bad step.
 
     Returns the number of completed steps.
