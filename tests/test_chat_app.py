@@ -19,8 +19,9 @@ from zephyr_local.history import History, StoredMessage
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.template import encode, fit_to_budget
 from zephyr_local.tui.app import ChatApp, ChatConfig
-from zephyr_local.tui.generation import clean_for_display, stream_batched
+from zephyr_local.tui.generation import DisplayFilter, clean_for_display, stream_batched
 from zephyr_local.tui.missing_screen import ModelMissingScreen
+from zephyr_local.tui.sampling_screen import SamplingScreen
 from zephyr_local.tui.text_screen import TextEditScreen
 from zephyr_local.tui.widgets.message import last_code_block
 from zephyr_local.tui.widgets.prompt import PromptInput
@@ -84,6 +85,13 @@ def test_stream_batched_flushes_by_time_and_keeps_every_piece():
 def test_clean_for_display_strips_terminal_escapes():
     raw = "a\x1b[31mred\x1b[0m b\x1b]0;title\x07c\x07\x00d\r\ne\tf\x9b"
     assert clean_for_display(raw) == "ared bcd\ne\tf"
+
+
+def test_display_filter_holds_back_split_escape_sequences():
+    f = DisplayFilter()
+    pieces = ["a\x1b[3", "1mb\x1b", "]0;t", "itle\x07c\x1b"]
+    shown = [f.feed(p) for p in pieces] + [f.flush()]
+    assert shown == ["a", "b", "", "c", ""]
 
 
 def test_last_code_block():
@@ -287,6 +295,45 @@ async def test_copy_message_and_code_block(engine, tmp_path):
         assert app.clipboard == "Here:\n```python\nprint('hi')\n```\n"
 
 
+@pytest.mark.asyncio
+async def test_sampling_modal_validates_and_saves_per_conversation(engine, tmp_path):
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await type_and_send(pilot, "Hi")
+        await pilot.press("f3")
+        await wait_until(pilot, lambda: isinstance(app.screen, SamplingScreen))
+        app.screen.query_one("#field-top_p").value = "2"
+        await pilot.press("ctrl+s")
+        assert "top_p must be in (0, 1]" in str(app.screen.query_one("#sampling-error").render())
+        app.screen.query_one("#field-top_p").value = "0.5"
+        app.screen.query_one("#field-seed").value = "7"
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: not isinstance(app.screen, SamplingScreen))
+        assert (app.options.top_p, app.options.seed, app.options.max_tokens) == (0.5, 7, 8)
+        conv = app.history.get(app.conversation_id)
+        assert conv.sampling["top_p"] == 0.5 and conv.sampling["seed"] == 7
+
+
+@pytest.mark.asyncio
+async def test_input_history_recall_and_palette_entries(engine, tmp_path):
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await type_and_send(pilot, "first line")
+        await type_and_send(pilot, "/help")
+        await pilot.press("escape")
+        prompt = app.query_one(PromptInput)
+        prompt.focus()
+        await pilot.press("up")
+        assert prompt.text == "/help"
+        await pilot.press("up")
+        assert prompt.text == "first line"
+        await pilot.press("down", "down")
+        assert prompt.text == ""
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"New chat", "Regenerate reply", "Edit system prompt", "Export conversation",
+                "Sampling settings", "Copy last code block", "Help"} <= titles
+
+
 # -- faults --------------------------------------------------------------------
 
 
@@ -336,7 +383,7 @@ async def test_escape_sequences_in_model_output_do_not_reach_the_screen(engine, 
     app = make_app(engine, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        nasty = ["Hi \x1b[2J", "\x1b]0;pwned\x07there\x00", "\x1b[31m!"]
+        nasty = ["Hi \x1b[2J", "\x1b]0;pw", "ned\x07there\x00\x1b[3", "1m!\x1b"]
 
         def fake_reply(messages, options):
             yield from (Response(t, 0) for t in nasty)

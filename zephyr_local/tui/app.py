@@ -22,7 +22,7 @@ from zephyr_local.errors import ZephyrError
 from zephyr_local.history import StoredMessage
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.tui.commands import COMMANDS, parse_slash
-from zephyr_local.tui.generation import clean_for_display, stream_batched
+from zephyr_local.tui.generation import DisplayFilter, clean_for_display, stream_batched
 from zephyr_local.tui.help_screen import HelpScreen
 from zephyr_local.tui.history_mixin import HistoryMixin
 from zephyr_local.tui.missing_screen import ModelMissingScreen
@@ -220,11 +220,14 @@ class ChatApp(HistoryMixin, App):
     def _generate(self, messages: list[dict], options: SamplingOptions, view, stream) -> None:
         """Consume the reply on this worker thread; the UI gets batched text."""
 
+        screen_text = DisplayFilter()
+
         def show(chunk: str) -> None:
-            self.call_from_thread(stream.write, clean_for_display(chunk))
+            self.call_from_thread(stream.write, screen_text.feed(chunk))
 
         try:
             text, final = stream_batched(self.session.reply(messages, options), show)
+            self.call_from_thread(stream.write, screen_text.flush())
         except Exception as exc:  # shown as a notice; the conversation stays as it was
             self.call_from_thread(self._reply_failed, view, stream, exc)
             return

@@ -28,6 +28,27 @@ def clean_for_display(text: str) -> str:
     return _CONTROL.sub("", text.replace("\r\n", "\n"))
 
 
+class DisplayFilter:
+    """clean_for_display for a stream: an escape sequence split across chunks is held
+    back until it is complete, so no half of it reaches the screen."""
+
+    _PARTIAL = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*)?$")
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        text = self._held + text
+        partial = self._PARTIAL.search(text)
+        cut = partial.start() if partial else len(text)
+        self._held = text[cut:]
+        return clean_for_display(text[:cut])
+
+    def flush(self) -> str:
+        text, self._held = self._held, ""
+        return clean_for_display(text)
+
+
 def stream_batched(
     records: Iterable[Response],
     on_text: Callable[[str], None],
