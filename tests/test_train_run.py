@@ -213,6 +213,8 @@ def test_adapter_for_another_model_is_refused_naming_both_shapes(run_cli, data, 
     mx.save_safetensors(str(out / "adapters.safetensors"), {name: mx.zeros((4096, 4))})
     r = run_cli("evaluate", "-m", "zephyr-test", "--adapter", str(out), "--data", data["heldout"])
     assert r.exit_code == 2 and "(4096, 4)" in r.stderr and "(128, 4)" in r.stderr
+    g = run_cli("generate", "-m", "zephyr-test", "--adapter", str(out), "-p", "Hi")
+    assert g.exit_code == 2 and "(4096, 4)" in g.stderr and "(128, 4)" in g.stderr
     cfg["num_layers"] = 32
     (out / "adapter_config.json").write_text(json.dumps(cfg))
     r = run_cli("fuse", "-m", "zephyr-test", "--adapter", str(out), "--out", str(tmp_path / "f"))

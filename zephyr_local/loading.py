@@ -129,7 +129,10 @@ def load(path: Path, adapter_path: Path | None = None, lazy: bool = False) -> Lo
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    lines = [line.strip() for line in text.splitlines()]
+    if lines[0].endswith(":") and len(lines) > 1:  # a header over a list (mlx-lm's shape errors)
+        return " ".join(lines[:3])[:300]
+    return lines[0][:300]
 
 
 def load_tokenizer(path: Path):
