@@ -23,6 +23,7 @@ from fakehub import FakeHub
 
 from zephyr_local import download, pull
 from zephyr_local.cli import cli
+from zephyr_local.errors import ModelNotFoundError
 from zephyr_local.store import SOURCE_FILE, resolve_model
 
 REPO = "test-org/zephyr-test"
@@ -156,6 +157,19 @@ def test_repull_says_present_without_asking_the_hub(pulled, tmp_path):
         result = zl(store, "pull", REPO)
     assert result.exit_code == 0, result.output
     assert "already in the store" in result.stdout and "--force" in result.stdout
+
+
+def test_a_folder_of_the_same_name_from_another_repo_is_not_reused(pulled, tmp_path):
+    store, _, _ = pulled
+    other = "other-org/zephyr-test"  # same store name as REPO, different repo
+    with pointed_at("http://127.0.0.1:9", tmp_path):  # refused before any request
+        result = zl(store, "pull", other)
+        assert_one_line_error(result, 1, "already holds test-org/zephyr-test@main", "--force")
+        result = zl(store, "pull", REPO, "--revision", "v2")
+        assert_one_line_error(result, 1, "already holds test-org/zephyr-test@main", REPO + "@v2")
+    with pytest.raises(ModelNotFoundError, match="pulled from other-org/zephyr-test"):
+        resolve_model(other, store)
+    assert resolve_model(REPO, store) == store / "zephyr-test"
 
 
 def test_force_downloads_again(pulled, on_hub, tmp_path, model_files):

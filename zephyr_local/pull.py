@@ -82,8 +82,15 @@ def pull(
     _validate_repo_id(repo_id)
     target = store / store_name(repo_id)
     if target.exists() and not force:
-        return PullResult(target, repo_id, _read_json(target / SOURCE_FILE).get("commit"),
-                          _dir_size(target), already_present=True)
+        source = _read_json(target / SOURCE_FILE)
+        if source.get("repo_id") != repo_id or revision not in (None, source.get("revision")):
+            held = f"{source.get('repo_id')}@{source.get('revision')}" if source else "another model"
+            raise ZephyrError(
+                f"{target} already holds {held}, not {repo_id}@{revision or 'main'}: "
+                "pass --force to replace it, or move it away first"
+            )
+        return PullResult(target, repo_id, source.get("commit"), _dir_size(target),
+                          already_present=True)
     partial_root = store / PARTIAL_DIR
     partial_root.mkdir(parents=True, exist_ok=True)
     with _exclusive(partial_root / f"{target.name}.lock", repo_id):

@@ -81,10 +81,8 @@ def resolve_model(arg: str | os.PathLike | None, store: Path | None = None) -> P
         for entry in _store_entries(store):
             if _source(entry).get("repo_id") == arg:
                 return entry
-        pulled = store / store_name(arg)
-        if pulled.is_dir():
-            return pulled
-        tried.append(str(pulled))
+        # A folder of the same name that came from another repo is not this model.
+        tried.append(f"{store / store_name(arg)} (pulled from {arg})")
         cached = _hf_cache_snapshot(arg)
         if cached:
             return cached
