@@ -532,7 +532,21 @@ def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) ->
     models_dir = ctx.obj.get("models_dir") if ctx.obj else None
     config = ChatConfig(model=model, adapter=adapter, models_dir=models_dir, system_prompt=system,
                         options=options, context_budget=context_budget, history_path=history_path)
+    if ChatApp(config).run() != "pull":
+        return
+    _pull_default_model(ctx)
     ChatApp(config).run()
+
+
+def _pull_default_model(ctx: click.Context) -> None:
+    """What the model-missing screen offers: `pull`, then `quantize --bits 4`."""
+    from zephyr_local import store
+
+    pull_cmd, quantize_cmd = cli.get_command(ctx, "pull"), cli.get_command(ctx, "quantize")
+    if pull_cmd is None or quantize_cmd is None:
+        raise ZephyrError("this install has no pull/quantize commands")
+    ctx.invoke(pull_cmd, repo_id=store.DEFAULT_REPO)
+    ctx.invoke(quantize_cmd, model=store.DEFAULT_REPO, bits=4)
 
 
 # --- training commands: sft, dpo, evaluate, fuse (zephyr_local/train/) ---
