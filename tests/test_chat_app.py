@@ -364,6 +364,39 @@ async def test_model_missing_screen_and_history_still_opens(tmp_path, monkeypatc
 
 
 @pytest.mark.asyncio
+async def test_missing_default_model_offers_pull_and_exits_for_it(tmp_path):
+    app = ChatApp(ChatConfig(models_dir=str(tmp_path / "models"),
+                             history_path=tmp_path / "history.sqlite"))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ModelMissingScreen)
+                         and app.screen.query("#close"))
+        await pilot.click("#pull")
+        await wait_until(pilot, lambda: app.return_value == "pull")
+    other = ChatApp(ChatConfig(model="my-model", models_dir=str(tmp_path / "models"),
+                               history_path=tmp_path / "history.sqlite"))
+    async with other.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(other.screen, ModelMissingScreen)
+                         and other.screen.query("#close"))
+        assert not other.screen.query("#pull")  # only the default model can be fetched
+
+
+def test_chat_command_runs_pull_then_quantize_then_reopens(run_cli, tmp_path, monkeypatch):
+    from zephyr_local.cli import cli
+
+    calls = []
+    results = iter(["pull", None])
+    monkeypatch.setattr(ChatApp, "run", lambda self: calls.append("chat") or next(results))
+    monkeypatch.setattr(cli.commands["pull"], "callback",
+                        lambda **kw: calls.append(("pull", kw["repo_id"])))
+    monkeypatch.setattr(cli.commands["quantize"], "callback",
+                        lambda **kw: calls.append(("quantize", kw["model"], kw["bits"])))
+    result = run_cli("chat", "--history", str(tmp_path / "h.sqlite"))
+    assert result.exit_code == 0, result.output
+    assert calls == ["chat", ("pull", "HuggingFaceH4/zephyr-7b-beta"),
+                     ("quantize", "HuggingFaceH4/zephyr-7b-beta", 4), "chat"]
+
+
+@pytest.mark.asyncio
 async def test_generation_error_restores_input_and_keeps_conversation(engine, tmp_path):
     app = make_app(engine, tmp_path)
     async with app.run_test(size=SIZE) as pilot:

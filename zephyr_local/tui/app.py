@@ -22,7 +22,7 @@ from zephyr_local.errors import ZephyrError
 from zephyr_local.history import StoredMessage
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.tui.commands import COMMANDS, parse_slash
-from zephyr_local.tui.generation import DisplayFilter, clean_for_display, stream_batched
+from zephyr_local.tui.generation import DisplayFilter, stream_batched
 from zephyr_local.tui.help_screen import HelpScreen
 from zephyr_local.tui.history_mixin import HistoryMixin
 from zephyr_local.tui.missing_screen import ModelMissingScreen
@@ -136,7 +136,11 @@ class ChatApp(HistoryMixin, App):
         self.load_error = exc
         title = "Model not found" if isinstance(exc, ModelNotFoundError) else "Model cannot load"
         self.query_one(StatusBar).set_model(f"no model ({title.lower()})", "")
-        self.push_screen(ModelMissingScreen(title, str(exc)))
+        from zephyr_local.store import DEFAULT_MODEL
+
+        default = self.config.model in (None, DEFAULT_MODEL) and not self.config.adapter
+        offer = isinstance(exc, ModelNotFoundError) and default
+        self.push_screen(ModelMissingScreen(title, str(exc), offer_pull=offer))
 
     def _show_context_estimate(self) -> None:
         """Context used by the conversation as it stands (before the next reply)."""

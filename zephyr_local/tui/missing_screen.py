@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
@@ -24,9 +24,9 @@ class ModelMissingScreen(ModalScreen[None]):
 
     BINDINGS = [Binding("escape", "close", "Browse history")]
 
-    def __init__(self, title: str, message: str) -> None:
+    def __init__(self, title: str, message: str, offer_pull: bool = False) -> None:
         super().__init__()
-        self.title_text, self.message = title, message
+        self.title_text, self.message, self.offer_pull = title, message, offer_pull
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="missing-dialog"):
@@ -35,10 +35,17 @@ class ModelMissingScreen(ModalScreen[None]):
             yield Static(Text(FETCH_HINT), id="missing-hint")
             yield Label("Your conversation history is still available (Esc).",
                         classes="dialog-hint")
-            yield Button("Browse history (Esc)", variant="primary", id="close")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Browse history (Esc)", variant="primary", id="close")
+                if self.offer_pull:
+                    yield Button("Download it now (needs internet)", id="pull")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.action_close()
+        if event.button.id == "pull":
+            # The CLI runs `pull` and `quantize` with their progress bars, then reopens chat.
+            self.app.exit("pull")
+        else:
+            self.action_close()
 
     def action_close(self) -> None:
         self.dismiss(None)
