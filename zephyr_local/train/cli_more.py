@@ -29,7 +29,7 @@ def register_more(cli: click.Group) -> None:
         Preference data: pairs, loss, rewards/accuracies (per pair), rewards/margins.
         SFT data: loss and perplexity over assistant tokens.
 
-        Example: zephyr-local evaluate -m zephyr-test --adapter adapters/dpo --data prefs.jsonl
+        Example: zephyr-local evaluate -m zephyr-test --adapter adapters/dpo --data example:prefs
         """
         from zephyr_local import store
         from zephyr_local.train.config import DataConfig

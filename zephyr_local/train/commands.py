@@ -65,7 +65,7 @@ def train_options(kind: str):
     def deco(f):
         options = [
             click.option("--model", "-m", "model", default=None, help="Base model: directory, store name or hub id (default: zephyr-7b-beta-4bit)."),
-            click.option("--data", default=None, help="JSONL file, directory with train.jsonl/valid.jsonl, or hub dataset id owner/name[:split]."),
+            click.option("--data", default=None, help="JSONL file, directory with train.jsonl/valid.jsonl, hub dataset id owner/name[:split], or the bundled example:sft / example:prefs."),
             click.option("--eval-data", default=None, help="Evaluation data (default: valid.jsonl beside train.jsonl)."),
             click.option("--out", required=True, type=click.Path(file_okay=False), help="Adapter directory to write."),
             click.option("--resume", is_flag=True, help="Continue the stopped run in --out from its last checkpoint."),
@@ -96,9 +96,10 @@ def train_options(kind: str):
                 click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True),
                 click.option("--label-smoothing", type=click.FloatRange(0, 0.5, max_open=True), default=0.0, show_default=True, help="eps of the robust loss."),
             ]
+        f = data_options(f)  # listed after the options above
         for option in reversed(options):
             f = option(f)
-        return data_options(f)
+        return f
 
     return deco
 
@@ -225,7 +226,7 @@ def register(cli: click.Group) -> None:
         copy); its log-probs are computed once and cached. Metrics go to
         OUT/metrics.jsonl (TRL names) and OUT/metrics.png.
 
-        Example: zephyr-local dpo -m zephyr-test --data prefs.jsonl --out adapters/dpo
+        Example: zephyr-local dpo -m zephyr-test --data example:prefs --out adapters/dpo
         """
         run_training(ctx, "dpo", kw)
 
@@ -235,7 +236,7 @@ def register(cli: click.Group) -> None:
     def sft(ctx, **kw):
         """Supervised fine-tuning of a LoRA adapter (loss on assistant turns, EOS included).
 
-        Example: zephyr-local sft -m zephyr-test --data chats.jsonl --out adapters/sft
+        Example: zephyr-local sft -m zephyr-test --data example:sft --out adapters/sft
         """
         run_training(ctx, "sft", kw)
 
