@@ -147,3 +147,34 @@ def test_gradients_reach_every_lora_matrix_and_only_them(lora_model):
     assert sorted(flat) == sorted(names) and len(names) == 2 * 7 * 2  # A and B, 7 targets, 2 layers
     assert all(k.endswith(("lora_a", "lora_b")) for k in names)
     assert all(float(mx.abs(g).sum().item()) > 0 for g in flat.values())
+
+
+def test_reference_runs_without_dropout_and_with_adapters_off(test_model, tmp_path):
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from zephyr_local.loading import load
+    from zephyr_local.train.config import LoRAConfig
+    from zephyr_local.train.logprobs import batched_logps
+    from zephyr_local.train.lora import apply_lora
+    from zephyr_local.train.reference import reference_logps
+
+    loaded = load(test_model)
+    model = loaded.model
+    base, _ = batched_logps(model, [_pair_batch_seq(loaded.tokenizer)], 1)
+    apply_lora(model, LoRAConfig(rank=4, layers=2, dropout=0.5))
+    params = tree_flatten(model.trainable_parameters())
+    model.update(tree_unflatten([(k, mx.random.normal(v.shape) * 0.1) for k, v in params]))
+    seqs = [_pair_batch_seq(loaded.tokenizer)]
+    model.train()  # as during training: dropout on
+    start, _, _ = reference_logps(model, seqs, "a", tmp_path, 1, base_only=False)
+    model.train()
+    again, _, _ = reference_logps(model, seqs, "b", tmp_path, 1, base_only=False)
+    model.eval()
+    eval_mode, _ = batched_logps(model, seqs, 1)
+    assert start[0] == again[0] == pytest.approx(eval_mode[0], rel=1e-6)  # no dropout noise
+    off, _, _ = reference_logps(model, seqs, "c", tmp_path, 1, base_only=True)
+    assert off[0] == pytest.approx(base[0], rel=1e-6) and off[0] != pytest.approx(start[0])
+
+
+def _pair_batch_seq(tok):
+    return _pair_batch(tok, "Hello there")[0].chosen
