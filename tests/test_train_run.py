@@ -273,3 +273,28 @@ def test_grad_checkpoint_gives_the_same_steps(run_cli, data, tmp_path):
             assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), k
     finished = run_cli("dpo", "--out", str(tmp_path / "plain"), "--resume")
     assert finished.exit_code != 0 and "already finished (2 of 2 steps)" in finished.stderr
+
+
+def test_real_ctrl_c_checkpoints_then_exits_130(model_store, data, tmp_path, home):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sigint"
+    cmd = [sys.executable, "-m", "zephyr_local.cli", "--models-dir", str(model_store), "dpo",
+           "-m", "zephyr-test", "--data", data["train"], "--out", str(out), *TINY,
+           "--iters", "1000", "--lr", "1e-4"]
+    env = {**os.environ, "ZEPHYR_LOCAL_HOME": str(home)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = out / "metrics.jsonl"
+    for _ in range(240):  # wait (up to 60 s) until two steps are logged
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.25)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-500:]
+    step = json.loads((out / "checkpoints" / "latest.json").read_text())["step"]
+    assert step >= 2 and len(records(out)) == step and "--resume" in err

@@ -9,7 +9,10 @@ exactly the steps an uninterrupted run would take.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -120,6 +123,26 @@ def train_step(model, objective, optimizer, plan: Plan, step: int, cfg: TrainCon
     return record
 
 
+@contextmanager
+def deferred_sigint():
+    """Hold Ctrl-C until the block ends, then raise it (main thread only).
+
+    A step interrupted after the optimizer update but before it is counted would
+    be applied twice on resume; deferring the signal keeps checkpoints exact.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if caught and previous is not signal.SIG_IGN:
+        raise KeyboardInterrupt
+
+
 def run_loop(model, objective, optimizer, plan: Plan, cfg: TrainConfig, start: int,
              hooks: Hooks) -> int:
     """Steps start..total; checkpoints on schedule, on Ctrl-C and before a bad step.
@@ -131,13 +154,14 @@ def run_loop(model, objective, optimizer, plan: Plan, cfg: TrainConfig, start: i
         for step in range(start, plan.total_steps):
             model.train()
             try:
-                record = train_step(model, objective, optimizer, plan, step, cfg)
+                with deferred_sigint():  # a step, its log line and `done` change together
+                    record = train_step(model, objective, optimizer, plan, step, cfg)
+                    hooks.step(record)
+                    done = step + 1
             except TrainingError as exc:
                 where = hooks.checkpoint(done)
                 raise TrainingError(f"{exc}; stopped. The last good checkpoint (step {done}) "
                                     f"is in {where}: lower --learning-rate and --resume") from None
-            done = step + 1
-            hooks.step(record)
             if cfg.eval_every and done % cfg.eval_every == 0 and done < plan.total_steps:
                 hooks.evaluate(done)
             if cfg.save_every and done % cfg.save_every == 0 and done < plan.total_steps:
