@@ -45,6 +45,11 @@ class DPOObjective:
     def size(self, idx) -> int:
         return len(idx)
 
+    def n_tokens(self, idx) -> int:
+        """Real (unpadded) tokens a micro-batch feeds the model."""
+        return sum(len(self.examples[i].chosen.ids) + len(self.examples[i].rejected.ids)
+                   for i in idx)
+
     def inputs(self, idx, weight: float) -> tuple:
         tokens, mask = pref_batch([self.examples[i] for i in idx])
         return (mx.array(tokens), mx.array(mask), mx.array(self.ref[0, idx]),
@@ -69,6 +74,9 @@ class SFTObjective:
 
     def size(self, idx) -> int:
         return sum(self.examples[i].n_scored for i in idx)
+
+    def n_tokens(self, idx) -> int:
+        return sum(len(self.examples[i].ids) for i in idx)
 
     def inputs(self, idx, weight: float) -> tuple:
         tokens, mask = collate([self.examples[i] for i in idx])

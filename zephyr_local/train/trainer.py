@@ -103,7 +103,7 @@ def train_step(model, objective, optimizer, plan: Plan, step: int, cfg: TrainCon
         grads = g if grads is None else nn.utils.tree_map(mx.add, grads, g)
         mx.eval(out, grads)
         outputs.append(out)
-        tokens += int(np.array(args[0]).size)
+        tokens += objective.n_tokens(idx)
     loss = sum(float(o[0].item()) for o in outputs)
     if cfg.max_grad_norm > 0:
         grads, norm = optim.clip_grad_norm(grads, cfg.max_grad_norm)
