@@ -121,6 +121,21 @@ def dpo_step_benchmark(model_path, batch_size: int = 2, max_length: int = 256, s
     return result
 
 
+def dpo_case(model_path, steps: int = 3):
+    """The comparison as a benchmark-harness case (ratios > 1 favour this design)."""
+    from zephyr_local.bench.common import CaseResult, ratio
+
+    d = dpo_step_benchmark(model_path, steps=steps)
+    ours_, naive_ = d["ours"], d["naive"]
+    base = "naive DPO (second model copy, 4 forward passes)"
+    return CaseResult("dpo", [
+        ratio("dpo", "peak_memory_gb", ours_["peak_memory_gb"], naive_["peak_memory_gb"], base,
+              higher_is_better=False, goal=1.0, unit="GB"),
+        ratio("dpo", "best_step_s", ours_["best_step_s"], naive_["best_step_s"], base,
+              higher_is_better=False, goal=None, unit="s"),
+    ], details=d)
+
+
 if __name__ == "__main__":
     import zephyr_local
 
