@@ -193,6 +193,8 @@ def test_bad_inputs_get_one_line_errors(run_cli, data, tmp_path):
     bad.write_text(json.dumps(pairs(["x"])[0]) + "\n{oops\n")
     r = dpo(run_cli, str(bad), tmp_path / "o1", "--strict")
     assert r.exit_code == 2 and f"{bad}:2: invalid JSON" in r.stderr and "Traceback" not in r.output
+    r = dpo(run_cli, data["heldout"], tmp_path / "o0", "--lora-layers", "0")
+    assert r.exit_code == 2 and "--lora-layers 0" in r.stderr
     r = run_cli("dpo", "--out", str(tmp_path / "none"), "--resume")
     assert r.exit_code != 0 and "no run to resume" in r.stderr
     out = tmp_path / "o2"

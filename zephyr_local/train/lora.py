@@ -27,6 +27,8 @@ def apply_lora(model, cfg: LoRAConfig) -> int:
 
     n_blocks = len(model.layers)
     layers = n_blocks if cfg.layers < 0 else cfg.layers
+    if layers == 0 or layers < -1:
+        raise ModelFormatError(f"--lora-layers {layers}: give a positive count, or -1 for all")
     if layers > n_blocks:
         raise ModelFormatError(f"--lora-layers {layers}: the model has only {n_blocks} layers")
     unknown = [t for t in cfg.targets if t not in TARGET_PATHS]
