@@ -246,3 +246,17 @@ def test_zephyr_local_home_moves_the_store(tmp_path, test_model):
     assert [row["name"] for row in listed] == ["my-model"]
     r = runner.invoke(cli, ["generate", "-m", "my-model", "--temp", "0", "--max-tokens", "2", "-p", "x"])
     assert r.exit_code == 0, r.output
+
+
+def test_real_process_exit_codes(model_store, model_copy):
+    """As a user runs it: a separate process, whose exit code the MLX thread must not spoil."""
+    base = [sys.executable, "-m", "zephyr_local.cli", "--models-dir", str(model_store), "generate"]
+    ok = subprocess.run(base + ["-m", "zephyr-test", "--temp", "0", "--max-tokens", "3", "-p", "hi"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "terminate called" not in ok.stderr
+    _break_shapes(model_copy)
+    bad = subprocess.run(base + ["-m", str(model_copy), "-p", "hi"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.strip().startswith("Error:") and len(bad.stderr.strip().splitlines()) == 1

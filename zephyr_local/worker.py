@@ -7,12 +7,15 @@ the thread that loaded it; other threads (the CLI, the TUI) submit work here.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Iterator
 
 _DONE = object()
+_LIVE: "weakref.WeakSet[MLXThread]" = weakref.WeakSet()
 
 
 class _Raised:
@@ -27,6 +30,7 @@ class MLXThread:
         self._jobs: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     def _loop(self) -> None:
         while True:
@@ -97,5 +101,19 @@ class MLXThread:
                 while items.get() is not _DONE:
                     pass
 
-    def close(self) -> None:
-        self._jobs.put(None)
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Finish queued work, then stop and join the thread.
+
+        Joining matters: a thread that still holds MLX streams when the
+        interpreter exits makes the C++ runtime abort ("terminate called
+        without an active exception", exit code 134).
+        """
+        if self._thread.is_alive() and not self.is_current:
+            self._jobs.put(None)
+            self._thread.join(timeout)
+
+
+@atexit.register
+def _close_all() -> None:
+    for worker in list(_LIVE):
+        worker.close(timeout=5.0)
