@@ -19,7 +19,12 @@ from zephyr_local.history import History, StoredMessage
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.template import encode, fit_to_budget
 from zephyr_local.tui.app import ChatApp, ChatConfig
-from zephyr_local.tui.generation import DisplayFilter, clean_for_display, stream_batched
+from zephyr_local.tui.generation import (
+    DisplayFilter,
+    UIPacer,
+    clean_for_display,
+    stream_batched,
+)
 from zephyr_local.tui.missing_screen import ModelMissingScreen
 from zephyr_local.tui.sampling_screen import SamplingScreen
 from zephyr_local.tui.text_screen import TextEditScreen
@@ -80,6 +85,24 @@ def test_stream_batched_flushes_by_time_and_keeps_every_piece():
     assert "".join(chunks) == text
     # Clock 0.00 at start, record i seen at 0.01*(i+1): flushes at 0.04, 0.08, then the rest.
     assert chunks == ["t0 t1 t2 t3 ", "t4 t5 t6 t7 ", "t8 t9 end"]
+
+
+@pytest.mark.skipif(not hasattr(time, "pthread_getcpuclockid"), reason="no thread CPU clock")
+def test_ui_pacer_backs_off_while_the_ui_thread_is_busy():
+    import threading
+
+    pacer = UIPacer(threading.get_ident(), base=0.04, ceiling=0.5, share=0.1)
+    end = time.monotonic() + 0.05
+    while time.monotonic() < end:  # the "UI" burns CPU: lengthen the interval
+        pass
+    pacer.update()
+    assert pacer() == pytest.approx(0.06)
+    time.sleep(0.05)  # idle: back toward the base
+    pacer.update()
+    assert pacer() == pytest.approx(0.04)
+    time.sleep(0.05)
+    pacer.update()
+    assert pacer() == pytest.approx(0.04)  # never below the base
 
 
 def test_clean_for_display_strips_terminal_escapes():

@@ -8,6 +8,7 @@ Conversation bookkeeping (history, export) lives in the HistoryMixin.
 from __future__ import annotations
 
 import inspect
+import threading
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from zephyr_local.errors import ZephyrError
 from zephyr_local.history import StoredMessage
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.tui.commands import COMMANDS, parse_slash
-from zephyr_local.tui.generation import DisplayFilter, stream_batched
+from zephyr_local.tui.generation import DisplayFilter, UIPacer, stream_batched
 from zephyr_local.tui.help_screen import HelpScreen
 from zephyr_local.tui.history_mixin import HistoryMixin
 from zephyr_local.tui.missing_screen import ModelMissingScreen
@@ -85,6 +86,7 @@ class ChatApp(HistoryMixin, App):
         yield Footer()
 
     async def on_mount(self) -> None:
+        self._ui_thread_id = threading.get_ident()  # whose CPU time the reply pacer watches
         self.query_one("#chat").anchor()
         self.query_one(PromptInput).focus()
         self._open_history()
@@ -224,13 +226,14 @@ class ChatApp(HistoryMixin, App):
     def _generate(self, messages: list[dict], options: SamplingOptions, view, stream) -> None:
         """Consume the reply on this worker thread; the UI gets batched text."""
 
-        screen_text = DisplayFilter()
+        screen_text, pacer = DisplayFilter(), UIPacer(self._ui_thread_id)
 
         def show(chunk: str) -> None:
             self.call_from_thread(stream.write, screen_text.feed(chunk))
+            pacer.update()
 
         try:
-            text, final = stream_batched(self.session.reply(messages, options), show)
+            text, final = stream_batched(self.session.reply(messages, options), show, pacer)
             self.call_from_thread(stream.write, screen_text.flush())
         except Exception as exc:  # shown as a notice; the conversation stays as it was
             self.call_from_thread(self._reply_failed, view, stream, exc)

@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable
 
 from zephyr_local.engine import Response
 
-BATCH_SECONDS = 0.04  # ~25 screen updates per second: smooth, and cheap for the UI thread
+BATCH_SECONDS = 0.04  # ~25 screen updates per second while the UI thread is cheap
+MAX_BATCH_SECONDS = 0.5
+UI_CPU_SHARE = 0.1  # the UI thread's share of one core that the pacer aims for
 
 # C0/C1 controls and ESC-led sequences (CSI, OSC, ...) that would corrupt the screen.
 _CONTROL = re.compile(
@@ -49,13 +51,52 @@ class DisplayFilter:
         return clean_for_display(text)
 
 
+class UIPacer:
+    """A batch interval that keeps the UI thread's CPU use near UI_CPU_SHARE.
+
+    Python threads share one interpreter lock, so every millisecond the UI spends
+    re-laying out a growing reply is taken from the decode loop. After each
+    update the pacer reads the UI thread's CPU clock and lengthens the interval
+    (up to MAX_BATCH_SECONDS) while the UI costs too much, shortens it when cheap.
+    Where a thread's CPU clock cannot be read (macOS) the interval stays fixed.
+    """
+
+    def __init__(self, ui_thread_id: int, base: float = BATCH_SECONDS,
+                 ceiling: float = MAX_BATCH_SECONDS, share: float = UI_CPU_SHARE) -> None:
+        self.interval, self.base, self.ceiling, self.share = base, base, ceiling, share
+        try:
+            self._clock_id = time.pthread_getcpuclockid(ui_thread_id)
+            self._last = self._sample()
+        except (AttributeError, OSError):
+            self._clock_id = None
+
+    def _sample(self) -> tuple[float, float]:
+        return time.monotonic(), time.clock_gettime(self._clock_id)
+
+    def __call__(self) -> float:
+        return self.interval
+
+    def update(self) -> None:
+        """Call after each UI update."""
+        if self._clock_id is None:
+            return
+        now = self._sample()
+        wall, cpu = now[0] - self._last[0], now[1] - self._last[1]
+        self._last = now
+        if wall > 0 and cpu / wall > self.share:
+            self.interval = min(self.ceiling, self.interval * 1.5)
+        elif wall > 0 and cpu / wall < self.share / 2:
+            self.interval = max(self.base, self.interval / 1.5)
+
+
 def stream_batched(
     records: Iterable[Response],
     on_text: Callable[[str], None],
-    interval: float = BATCH_SECONDS,
+    interval: float | Callable[[], float] = BATCH_SECONDS,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[str, Response | None]:
-    """Pass the text of `records` to `on_text` at most once per `interval`.
+    """Pass the text of `records` to `on_text` at most once per `interval`
+    (seconds, or a callable that gives the current interval, such as a UIPacer).
 
     Returns the whole reply text and the final record (None if the stream ended
     without one). The last pending text is always flushed.
@@ -63,6 +104,7 @@ def stream_batched(
     parts: list[str] = []
     pending: list[str] = []
     final = None
+    wait = interval if callable(interval) else (lambda: interval)
     last_flush = clock()
     for record in records:
         parts.append(record.text)
@@ -71,7 +113,7 @@ def stream_batched(
             final = record
             break
         now = clock()
-        if now - last_flush >= interval:
+        if now - last_flush >= wait():
             chunk = "".join(pending)
             pending.clear()
             last_flush = now
