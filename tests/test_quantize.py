@@ -354,12 +354,16 @@ def test_sharded_source_and_output(qstore, monkeypatch):
     monkeypatch.setattr(testmodel, "FULL_SIZE_SHARD_BYTES", 4 << 20)
     src = testmodel.create_full_size_test_model(qstore / "sharded", dtype="float32")
     src_shards = sorted(p.name for p in src.glob("*.safetensors"))
-    assert len(src_shards) > 2 and src_shards[0] == f"model-00001-of-{len(src_shards):05d}.safetensors"
+    assert len(src_shards) > 2
+    assert src_shards[0] == f"model-00001-of-{len(src_shards):05d}.safetensors"
     index = json.loads((src / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(_headers(src))
 
-    monkeypatch.setattr(mlx_lm.utils, "make_shards",  # ten tensors per shard
-                        lambda w, gb: [dict(list(w.items())[i:i + 10]) for i in range(0, len(w), 10)])
+    def ten_per_shard(weights, max_gb):
+        items = list(weights.items())
+        return [dict(items[i:i + 10]) for i in range(0, len(items), 10)]
+
+    monkeypatch.setattr(mlx_lm.utils, "make_shards", ten_per_shard)
     out = qstore / "sharded-4bit"
     q.quantize(src, out, q.QuantizeOptions(evaluate=False))
     shards = sorted(out.glob("*.safetensors"))

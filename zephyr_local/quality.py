@@ -77,11 +77,10 @@ def _release(module) -> None:
 def streamed_logprobs(model, chunks, progress: Progress | None = None) -> Iterator:
     """Next-token log-probabilities of each chunk, computed one layer at a time.
 
-    Use a model from `load_for_eval` (float32 weights, nothing read yet).
-
     mlx-lm runs the whole model per input; here every chunk goes through layer i
     before layer i+1 is read, so peak memory is one layer plus the activations.
-    The model's weights are consumed (released): load a fresh one for each call.
+    Pass a model from `load_for_eval` (float32, nothing read yet); its weights
+    are released as it goes, so load a fresh one for each call.
 
     Yields:
         For each chunk, an mx.array (len(chunk) - 1, vocab) of float32 log-probs
