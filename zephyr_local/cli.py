@@ -453,17 +453,21 @@ class _progress_bars:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.fields[what]}"),
             console=Console(stderr=True), transient=False)
-        self.progress.__enter__()
+        self.started = False  # started by the first update: errors before any work stay clean
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.stop()
 
     def __call__(self, title: str):
         task = None
 
         def update(done: int, total: int, what: str) -> None:
             nonlocal task
+            if not self.started:
+                self.progress.start()
+                self.started = True
             if task is None:
                 task = self.progress.add_task(title, total=total, what="")
             self.progress.update(task, completed=done, total=total, what=what)
