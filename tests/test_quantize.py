@@ -245,15 +245,16 @@ def _model_like(store: Path) -> set[str]:
 
 
 def test_existing_output_is_refused_then_replaced_with_force(qstore):
-    out = qstore / "src-2bit-g128"
-    out.mkdir(exist_ok=True)
+    out = qstore / "src-2bit-g128-head3"
+    out.mkdir()
     (out / "marker").write_text("keep me")
     run = _cli(qstore)
-    result = run("quantize", "src", "--bits", "2", "--group-size", "128", "--no-eval")
+    flags = ["--bits", "2", "--group-size", "128", "--head-bits", "3", "--no-eval"]
+    result = run("quantize", "src", *flags)
     assert result.exit_code == 1
     assert f"{out} already exists: pass --force" in result.stderr
     assert (out / "marker").exists()
-    result = run("quantize", "src", "--bits", "2", "--group-size", "128", "--no-eval", "--force")
+    result = run("quantize", "src", *flags, "--force")
     assert result.exit_code == 0, result.output
     assert not (out / "marker").exists() and (out / "config.json").exists()
 
@@ -287,13 +288,17 @@ def test_failure_with_force_keeps_the_previous_model(quantized, monkeypatch):
     assert {p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}")} == set()
 
 
-@pytest.fixture
-def no_work(monkeypatch):
-    """Fails the test if quantization starts: bad input must be caught before."""
+def _forbid_work(monkeypatch) -> None:
     def started(*args, **kwargs):
         raise AssertionError("quantization started")
 
     monkeypatch.setattr(q, "_quantize_lazily", started)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if quantization starts: bad input must be caught before."""
+    _forbid_work(monkeypatch)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -318,8 +323,9 @@ def test_group_size_not_dividing_a_dimension(run_cli, no_work, model_store):
     assert not (model_store / "zephyr-test-4bit").exists()
 
 
-def test_already_quantized_source_is_refused(quantized, qstore, no_work):
+def test_already_quantized_source_is_refused(quantized, qstore, monkeypatch):
     path, _ = quantized(4, 64)
+    _forbid_work(monkeypatch)
     result = _cli(qstore)("quantize", str(path), "--out", str(qstore / "again"))
     assert result.exit_code == 2
     assert "already quantized (4-bit)" in result.stderr
