@@ -9,14 +9,15 @@ from zephyr_local.bench import harness
 
 def test_harness_writes_results(test_model, tmp_path, monkeypatch):
     tiny = {"prompt_lengths": (16, 64), "max_tokens": 4, "repeats": 1, "turns": 3,
-            "user_tokens": 8, "reply_tokens": 4, "bandwidth_mb": 8, "blas_repeats": 1}
+            "user_tokens": 8, "reply_tokens": 4, "bandwidth_mb": 8, "blas_repeats": 1,
+            "dpo_dims": {}, "dpo_steps": 1, "dpo_max_length": 64, "dpo_batch_pairs": 1}
     monkeypatch.setitem(harness.MODES, "quick", tiny)
     run = harness.run("quick", str(test_model))
     paths = harness.write(run, tmp_path)
     record = json.loads(paths["json"].read_text())
     assert record["machine"]["backend"] == "cpu" and record["machine"]["mlx_version"]
     cases = {c["name"]: c for c in record["cases"]}
-    assert set(cases) == {"generation", "multi-turn", "hardware limit", "linux-cpu-blas"}
+    assert set(cases) == {"generation", "multi-turn", "hardware limit", "linux-cpu-blas", "dpo"}
     gen = cases["generation"]
     assert len(gen["ratios"]) == 3 * 2  # three metrics per prompt length
     for r in gen["ratios"]:
@@ -32,6 +33,9 @@ def test_harness_writes_results(test_model, tmp_path, monkeypatch):
     assert hw["read_bandwidth_gb_s"] > 0 and hw["ceiling_tok_s"] > 0
     blas = cases["linux-cpu-blas"]
     assert blas["skipped"] or len(blas["ratios"]) == 2
+    dpo = cases["dpo"]
+    assert [r["metric"] for r in dpo["ratios"]] == ["peak memory of a step", "time per step (best)"]
+    assert dpo["details"]["naive"]["peak_memory_gb"] > 0
     md = paths["md"].read_text()
     assert "| generation | prompt tok/s, 16-token prompt |" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

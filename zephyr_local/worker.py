@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import queue
+import sys
 import threading
 import weakref
 from concurrent.futures import Future
@@ -33,6 +34,12 @@ class MLXThread:
         _LIVE.add(self)
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            _release_streams()
+
+    def _serve(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
@@ -111,6 +118,19 @@ class MLXThread:
         if self._thread.is_alive() and not self.is_current:
             self._jobs.put(None)
             self._thread.join(timeout)
+
+
+def _release_streams() -> None:
+    """Finish pending work and destroy this thread's MLX streams before it ends.
+
+    Without this, a process that used MLX on a second thread aborts at exit from
+    time to time with "terminate called without an active exception" (exit code
+    134; ml-explore/mlx#3126).
+    """
+    mx = sys.modules.get("mlx.core")
+    if mx is not None:
+        mx.synchronize()
+        mx.clear_streams()
 
 
 @atexit.register

@@ -14,12 +14,20 @@ from typing import Callable
 
 from zephyr_local.bench.common import CaseResult
 
+# Random Zephyr-architecture models for the DPO case: weights must dominate memory.
+LARGE_DIMS = {"hidden_size": 1024, "num_hidden_layers": 8, "intermediate_size": 2816,
+              "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 128}
+
 # Settings per mode: quick finishes in under 2 minutes on a 2-core CPU with the test model.
 MODES = {
     "quick": {"prompt_lengths": (32, 512, 2048), "max_tokens": 32, "repeats": 3, "turns": 10,
-              "user_tokens": 48, "reply_tokens": 16, "bandwidth_mb": 256, "blas_repeats": 1},
+              "user_tokens": 48, "reply_tokens": 16, "bandwidth_mb": 256, "blas_repeats": 1,
+              "dpo_dims": LARGE_DIMS, "dpo_steps": 2, "dpo_max_length": 128,
+              "dpo_batch_pairs": 1},
     "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
-             "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3},
+             "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3,
+             "dpo_dims": LARGE_DIMS, "dpo_steps": 3, "dpo_max_length": 256,
+             "dpo_batch_pairs": 2},
 }
 
 
@@ -68,7 +76,17 @@ def _case_fns() -> dict[str, Callable]:
         return blas.blas_case(model, prompt_length=512, max_tokens=s["max_tokens"],
                               repeats=s["blas_repeats"])
 
-    return {"generation": gen, "multiturn": multi, "hardware": hw, "blas": cpu_blas}
+    def dpo(engine, model, s, run):
+        from zephyr_local.testmodel import create_test_model
+        from zephyr_local.train.bench import dpo_case
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = create_test_model(Path(tmp) / "dpo-model", **s["dpo_dims"])
+            result = dpo_case(path, s["dpo_steps"], s["dpo_max_length"], s["dpo_batch_pairs"])
+        result.details["model_dims"] = s["dpo_dims"]
+        return result
+
+    return {"generation": gen, "multiturn": multi, "hardware": hw, "blas": cpu_blas, "dpo": dpo}
 
 
 def available_cases() -> list[str]:
