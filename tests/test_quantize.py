@@ -215,6 +215,25 @@ def test_head_bits_config_loads_per_layer(quantized):
     assert report.bits_per_weight == 3.5 and report.head_bits_per_weight == 8.5
 
 
+def test_models_listing_counts_mixed_precision_layers(quantized):
+    """`models` reads per-layer bits from the config: 3-bit body, 8-bit embedding and head."""
+    from zephyr_local.store import model_info
+
+    path, _ = quantized(3, 64, head_bits=8)
+    headers = _headers(path)
+    logical = nbytes = 0
+    for name, entry in headers.items():
+        nbytes += _nbytes(entry)
+        if name.endswith((".scales", ".biases")):
+            continue
+        count = int(np.prod(entry["shape"]))
+        if entry["dtype"] == "U32":
+            head = name.startswith(("model.embed_tokens", "lm_head"))
+            count = count * 32 // (8 if head else 3)
+        logical += count
+    assert model_info(path).bits_per_weight == round(8 * nbytes / logical, 3)
+
+
 def test_cli_quantize_with_report_and_model_card(qstore, monkeypatch):
     monkeypatch.setattr(quality, "eval_text", lambda: "The lighthouse keeper. " * 60)
     run = _cli(qstore)

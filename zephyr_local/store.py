@@ -147,7 +147,9 @@ def model_info(path: Path) -> ModelInfo:
                 for d in shape:
                     count *= d
                 if dtype == "U32" and info.bits:  # packed quantized weight
-                    count = count * 32 // info.bits
+                    layer = quant.get(name.rsplit(".", 1)[0])  # per-layer bits (--head-bits)
+                    bits = layer.get("bits", info.bits) if isinstance(layer, dict) else info.bits
+                    count = count * 32 // bits
                 if not name.endswith((".scales", ".biases")):
                     logical += count
                     dtypes[dtype] += count
