@@ -4,7 +4,10 @@
 
 The app runs headless under Textual's Pilot (it renders every update, it just
 does not draw to a terminal); `generate` runs as the real command in a subprocess.
-Both report the engine's own ReplyStats, so the numbers compare like for like.
+Because separate processes on a busy machine vary a lot, each repeat also runs a
+paired comparison in one process on one loaded engine: `generate`'s own loop
+(stream and print every token) against the app on that engine, back to back.
+All numbers are the engine's own ReplyStats.generation_tps.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,12 +31,24 @@ def generate_tps(model: str, models_dir: str | None, max_tokens: int) -> float:
         ["--models-dir", models_dir] if models_dir else []) + [
         "generate", "-m", model, "--temp", "0", "--max-tokens", str(max_tokens),
         "-p", PROMPT, "--json"]
-    # No check=True: `generate` may abort at interpreter exit after printing (see report).
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["generation_tps"]
 
 
-async def app_run(model: str, models_dir: str | None, max_tokens: int, turns: int) -> list:
+def plain_tps(engine, max_tokens: int) -> float:
+    """`generate`'s loop in this process: stream the reply, print each piece."""
+    from zephyr_local.sampling import SamplingOptions
+
+    options = SamplingOptions(temperature=0, max_tokens=max_tokens)
+    with open(os.devnull, "w") as out:
+        for last in engine.session().reply([{"role": "user", "content": PROMPT}], options):
+            out.write(last.text)
+            out.flush()
+    return last.stats.generation_tps
+
+
+async def app_run(model: str, models_dir: str | None, max_tokens: int, turns: int,
+                  engine=None) -> list:
     """Send `turns` messages in one conversation; return (ReplyStats, UI CPU s) per reply."""
     from zephyr_local.sampling import SamplingOptions
     from zephyr_local.tui.app import ChatApp, ChatConfig
@@ -41,7 +57,7 @@ async def app_run(model: str, models_dir: str | None, max_tokens: int, turns: in
     db = Path(tempfile.mkdtemp()) / "history.sqlite"
     config = ChatConfig(model=model, models_dir=models_dir, history_path=db,
                         options=SamplingOptions(temperature=0, max_tokens=max_tokens))
-    app = ChatApp(config)
+    app = ChatApp(config, engine=engine)
     stats = []
     async with app.run_test(size=(120, 40)) as pilot:
         while app.session is None:
@@ -67,18 +83,32 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    cli, app, ui = [], [], []
-    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both
+    from zephyr_local.engine import Engine
+
+    engine = Engine.load(args.model, None, args.models_dir)
+    plain_tps(engine, 16)  # warm-up
+    cli, app, ui, paired = [], [], [], []
+    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits all
         cli.append(generate_tps(args.model, args.models_dir, args.max_tokens))
         [(stats, ui_cpu)] = asyncio.run(app_run(args.model, args.models_dir, args.max_tokens, 1))
         app.append(stats.generation_tps)
         ui.append(ui_cpu / (stats.ttft_s + stats.generation_tokens / stats.generation_tps))
-    turns = asyncio.run(app_run(args.model, args.models_dir, min(args.max_tokens, 64), args.turns))
+        base = plain_tps(engine, args.max_tokens)
+        [(stats, _)] = asyncio.run(app_run(args.model, args.models_dir, args.max_tokens, 1,
+                                           engine))
+        paired.append((base, stats.generation_tps))
+    turns = asyncio.run(app_run(args.model, args.models_dir, min(args.max_tokens, 64), args.turns,
+                                engine))
+    engine.close()
+    med = statistics.median
     record = {
         "model": args.model, "max_tokens": args.max_tokens,
         "generate_tps": cli, "app_tps": app, "ui_thread_cpu_share": ui,
-        "generate_tps_median": statistics.median(cli), "app_tps_median": statistics.median(app),
-        "app_vs_generate": statistics.median(app) / statistics.median(cli),
+        "generate_tps_median": med(cli), "app_tps_median": med(app),
+        "app_vs_generate": med(app) / med(cli),
+        "paired_generate_loop_tps": [p[0] for p in paired],
+        "paired_app_tps": [p[1] for p in paired],
+        "paired_ratio_median": med(a / b for b, a in paired),
         "turns": [{"turn": i + 1, "ttft_s": round(s.ttft_s, 4), "prompt_tokens": s.prompt_tokens,
                    "prefilled_tokens": s.prefilled_tokens} for i, (s, _) in enumerate(turns)],
     }
