@@ -10,14 +10,17 @@ from zephyr_local.bench import harness
 def test_harness_writes_results(test_model, tmp_path, monkeypatch):
     tiny = {"prompt_lengths": (16, 64), "max_tokens": 4, "repeats": 1, "turns": 3,
             "user_tokens": 8, "reply_tokens": 4, "bandwidth_mb": 8, "blas_repeats": 1,
-            "dpo_dims": {}, "dpo_steps": 1, "dpo_max_length": 64, "dpo_batch_pairs": 1}
+            "dpo_dims": {}, "dpo_steps": 1, "dpo_max_length": 64, "dpo_batch_pairs": 1,
+            "chat_tokens": 4, "quantize_7b": False,
+            "multiturn_dims": {"num_hidden_layers": 2}}
     monkeypatch.setitem(harness.MODES, "quick", tiny)
     run = harness.run("quick", str(test_model))
     paths = harness.write(run, tmp_path)
     record = json.loads(paths["json"].read_text())
     assert record["machine"]["backend"] == "cpu" and record["machine"]["mlx_version"]
     cases = {c["name"]: c for c in record["cases"]}
-    assert set(cases) == {"generation", "multi-turn", "hardware limit", "linux-cpu-blas", "dpo"}
+    assert set(cases) == {"generation", "multi-turn", "hardware limit", "linux-cpu-blas", "dpo",
+                          "chat UI", "quantize 7B"}
     gen = cases["generation"]
     assert len(gen["ratios"]) == 3 * 2  # three metrics per prompt length
     for r in gen["ratios"]:
@@ -33,6 +36,8 @@ def test_harness_writes_results(test_model, tmp_path, monkeypatch):
     assert hw["read_bandwidth_gb_s"] > 0 and hw["ceiling_tok_s"] > 0
     blas = cases["linux-cpu-blas"]
     assert blas["skipped"] or len(blas["ratios"]) == 2
+    chat = cases["chat UI"]["ratios"][0]
+    assert chat["goal"] == ">= 0.95" and chat["ours"] > 0 and chat["baseline"] > 0
     dpo = cases["dpo"]
     assert [r["metric"] for r in dpo["ratios"]] == ["peak memory of a step", "time per step (best)"]
     assert dpo["details"]["naive"]["peak_memory_gb"] > 0

@@ -567,7 +567,8 @@ _register_training(cli)
 @click.option("--full", "mode", flag_value="full", help="Larger settings and more repeats.")
 @model_option
 @click.option("--case", "cases", multiple=True,
-              help="Run only this case (repeatable): generation, multiturn, hardware, blas.")
+              help="Run only this case (repeatable): generation, multiturn, chat-ui, hardware, "
+                   "blas, dpo, quantize.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Results folder (default: benchmarks/results in the checkout).")
 def bench(mode, model, cases, out_dir) -> None:

@@ -59,6 +59,30 @@ def weight_bytes_per_token(model) -> int:
     return total - embed + embed // vocab
 
 
+def decode_7b(path, max_tokens: int = 32) -> dict:
+    """Decode tok/s of the 7B-shaped 4-bit model (made by the quantize case) vs its ceiling."""
+    from zephyr_local.backend import backend_name
+    from zephyr_local.bench.common import filler_ids
+    from zephyr_local.bench.generation import _ours
+    from zephyr_local.engine import Engine
+
+    if backend_name() == "cpu":
+        return {"skipped": "CPU backend: MLX's quantized matmul is single-threaded there "
+                           "(3 tokens took over 400 s); measure on Metal or CUDA"}
+    if not (path / "config.json").exists():
+        return {"skipped": "no 7B 4-bit model: run the quantize case first (full mode)"}
+    engine = Engine.load(str(path))
+    try:
+        tps = _ours(engine, filler_ids(engine.tokenizer, 32), max_tokens)["generation_tps"]
+        per_token = weight_bytes_per_token(engine.loaded.model)
+        bw = engine.worker.call(read_bandwidth_gbs, 1024)
+    finally:
+        engine.close()
+    ceiling = bw * 1e9 / per_token
+    return {"decode_tok_s": tps, "weight_bytes_per_token": per_token, "ceiling_tok_s": ceiling,
+            "fraction_of_ceiling": tps / ceiling}
+
+
 def hardware_case(engine, decode_tps: float, *, megabytes: int) -> CaseResult:
     """Decode tok/s as a fraction of bandwidth / bytes-per-token (no goal: a reading).
 

@@ -23,11 +23,13 @@ MODES = {
     "quick": {"prompt_lengths": (32, 512, 2048), "max_tokens": 32, "repeats": 3, "turns": 10,
               "user_tokens": 48, "reply_tokens": 16, "bandwidth_mb": 256, "blas_repeats": 1,
               "dpo_dims": LARGE_DIMS, "dpo_steps": 2, "dpo_max_length": 128,
-              "dpo_batch_pairs": 1},
+              "dpo_batch_pairs": 1, "chat_tokens": 256,
+              "quantize_7b": False, "multiturn_dims": None},
     "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
              "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3,
              "dpo_dims": LARGE_DIMS, "dpo_steps": 3, "dpo_max_length": 256,
-             "dpo_batch_pairs": 2},
+             "dpo_batch_pairs": 2, "chat_tokens": 512,
+             "quantize_7b": True, "multiturn_dims": LARGE_DIMS},
 }
 
 
@@ -64,13 +66,32 @@ def _case_fns() -> dict[str, Callable]:
                                           max_tokens=s["max_tokens"], repeats=s["repeats"])
 
     def multi(engine, model, s, run):
-        return generation.multiturn_case(engine, turns=s["turns"], user_tokens=s["user_tokens"],
-                                         reply_tokens=s["reply_tokens"], repeats=s["repeats"])
+        kw = {"turns": s["turns"], "user_tokens": s["user_tokens"],
+              "reply_tokens": s["reply_tokens"], "repeats": s["repeats"]}
+        if not s["multiturn_dims"]:
+            return generation.multiturn_case(engine, **kw)
+        # A model whose weights, not attention, dominate prefill, as in Zephyr-7B.
+        from zephyr_local.engine import Engine
+        from zephyr_local.testmodel import create_test_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            big = Engine.load(str(create_test_model(Path(tmp) / "m", **s["multiturn_dims"])))
+            try:
+                result = generation.multiturn_case(big, **kw)
+            finally:
+                big.close()
+        result.details["model_dims"] = s["multiturn_dims"]
+        return result
 
     def hw(engine, model, s, run):
         decode = [r for c in run.results for r in c.ratios if r.metric.startswith("generation tok/s")]
         tps = decode[0].ours if decode else 0.0
-        return hardware.hardware_case(engine, tps, megabytes=s["bandwidth_mb"])
+        result = hardware.hardware_case(engine, tps, megabytes=s["bandwidth_mb"])
+        if s["quantize_7b"]:
+            from zephyr_local.bench.quantize7b import quantized_path
+
+            result.details["zephyr_7b_4bit"] = hardware.decode_7b(quantized_path(cache_dir()))
+        return result
 
     def cpu_blas(engine, model, s, run):
         return blas.blas_case(model, prompt_length=512, max_tokens=s["max_tokens"],
@@ -86,7 +107,29 @@ def _case_fns() -> dict[str, Callable]:
         result.details["model_dims"] = s["dpo_dims"]
         return result
 
-    return {"generation": gen, "multiturn": multi, "hardware": hw, "blas": cpu_blas, "dpo": dpo}
+    def chat(engine, model, s, run):
+        from zephyr_local.bench.chat_ui import chat_ui_case
+
+        return chat_ui_case(engine, model, max_tokens=s["chat_tokens"], repeats=s["repeats"])
+
+    def quant(engine, model, s, run):
+        from zephyr_local.bench.quantize7b import quantize_case
+
+        if not s["quantize_7b"]:
+            return CaseResult("quantize 7B", skipped="full mode only (writes a 14.5 GB checkpoint)")
+        return quantize_case(cache_dir())
+
+    return {"generation": gen, "multiturn": multi, "chat-ui": chat, "quantize": quant,
+            "hardware": hw, "blas": cpu_blas, "dpo": dpo}
+
+
+def cache_dir() -> Path:
+    """Where benchmark inputs made once are kept (git-ignored)."""
+    from zephyr_local.store import home_dir
+
+    path = home_dir() / "benchmarks" / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def available_cases() -> list[str]:

@@ -43,6 +43,12 @@ def markdown(record: dict) -> str:
                       f"{d['weight_bytes_per_token'] / 1e6:.1f} MB of weights per token, ceiling "
                       f"{d['ceiling_tok_s']:.0f} tok/s; decode reached {d['decode_tok_s']:.0f} tok/s "
                       f"= {100 * d['fraction_of_ceiling']:.1f}% of the ceiling."]
+            z = d.get("zephyr_7b_4bit")
+            if z:
+                lines.append(f"Zephyr-7B-shaped 4-bit: {z['skipped']}" if "skipped" in z else
+                             f"Zephyr-7B-shaped 4-bit: decode {z['decode_tok_s']:.1f} tok/s = "
+                             f"{100 * z['fraction_of_ceiling']:.1f}% of its "
+                             f"{z['ceiling_tok_s']:.1f} tok/s ceiling.")
     return "\n".join(lines) + "\n"
 
 
