@@ -173,9 +173,9 @@ def test_layer_streamed_logprobs_match_mlx_lm_forward(quantized, qstore, eval_se
 
 def test_quality_numbers_match_independent_computation(quantized, qstore, eval_setup):
     """Perplexity from mlx-lm's eval_ppl, KL from numpy on the plain forward."""
+    import mlx.core as mx
     from mlx_lm.perplexity import eval_ppl
     from mlx_lm.utils import load_model
-    import mlx.core as mx
 
     chunks, src_lp = eval_setup
     path, _ = quantized(3, 64)

@@ -101,6 +101,21 @@ def device_info() -> dict:
     return info
 
 
+def describe() -> dict:
+    """device_info() plus the versions of the packages that matter, Python and the OS."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    info = device_info()
+    for pkg in ("mlx", "mlx-lm", "textual", "zephyr-local"):
+        try:
+            info[f"{pkg}_version"] = version(pkg)
+        except PackageNotFoundError:
+            info[f"{pkg}_version"] = None
+    info["python"] = platform.python_version()
+    info["platform"] = platform.platform()
+    return info
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:

@@ -5,13 +5,13 @@ mlx, mlx-lm and textual are imported inside the commands so that `--help` is ins
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
 
 import click
 
+from zephyr_local.atomic import human_bytes
 from zephyr_local.errors import ZephyrError
 
 
@@ -120,16 +120,9 @@ def info(ctx: click.Context, as_json: bool) -> None:
 
     Example: zephyr-local info
     """
-    from importlib.metadata import PackageNotFoundError, version
-
     from zephyr_local import backend
 
-    data = backend.device_info()
-    for pkg in ("mlx", "mlx-lm", "textual", "zephyr-local"):
-        try:
-            data[f"{pkg}_version"] = version(pkg)
-        except PackageNotFoundError:
-            data[f"{pkg}_version"] = None
+    data = backend.describe()
     data["models_dir"] = str(_store(ctx))
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -275,16 +268,8 @@ def models(ctx, as_json: bool) -> None:
     for r in rows:
         quant = f"{r.bits}-bit, group {r.group_size}" if r.bits else "-"
         bpw = f"{r.bits_per_weight:.2f}" if r.bits_per_weight else "?"
-        table.add_row(r.name, _human(r.size_bytes), r.dtype, r.error or quant, bpw, str(r.path))
+        table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, r.error or quant, bpw, str(r.path))
     Console().print(table)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 @cli.command("create-test-model")
@@ -344,7 +329,7 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
     except KeyboardInterrupt:
         click.echo("The partial download is kept: the same command resumes it.", err=True)
         raise
-    size = _human(result.size_bytes)
+    size = human_bytes(result.size_bytes)
     if result.already_present:
         click.echo(f"{repo_id} is already in the store: {result.path} ({size}). "
                    "Use --force to download it again.")
@@ -358,8 +343,14 @@ class _DownloadBar:
 
     def __enter__(self):
         from rich.console import Console
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                   TimeRemainingColumn, TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
@@ -446,8 +437,13 @@ class _progress_bars:
 
     def __enter__(self):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-        from rich.progress import TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -485,7 +481,7 @@ def _print_quantize_report(r) -> None:
     head = f", head {r.head_bits}-bit" if r.head_bits else ""
     rows = [
         ("settings", f"{r.bits}-bit, group {r.group_size}, {r.dtype}{head}"),
-        ("size", f"{_human(r.source_bytes)} -> {_human(r.output_bytes)}"),
+        ("size", f"{human_bytes(r.source_bytes)} -> {human_bytes(r.output_bytes)}"),
         (f"bits/weight ({r.bits}-bit layers)", f"{r.bits_per_weight:.3f}"),
         *([("bits/weight (embedding, head)", f"{r.head_bits_per_weight:.3f}")]
           if r.head_bits_per_weight else []),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,10 +24,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zephyr_local import loading
+from zephyr_local.atomic import dir_size, human_bytes, replace_dir, write_text
 from zephyr_local.download import ProgressFn, RemoteFile, Tracker, download_file, part_path
 from zephyr_local.errors import ModelFormatError, ModelNotFoundError, ZephyrError
 from zephyr_local.store import (
-    MODEL_FILE_PATTERNS, NOT_MODEL_FILE_PATTERNS, SOURCE_FILE, store_name,
+    MODEL_FILE_PATTERNS,
+    NOT_MODEL_FILE_PATTERNS,
+    SOURCE_FILE,
+    store_name,
 )
 
 PARTIAL_DIR = ".partial"
@@ -89,7 +92,7 @@ def pull(
                 f"{target} already holds {held}, not {repo_id}@{revision or 'main'}: "
                 "pass --force to replace it, or move it away first"
             )
-        return PullResult(target, repo_id, source.get("commit"), _dir_size(target),
+        return PullResult(target, repo_id, source.get("commit"), dir_size(target),
                           already_present=True)
     partial_root = store / PARTIAL_DIR
     partial_root.mkdir(parents=True, exist_ok=True)
@@ -102,7 +105,7 @@ def pull(
         tracker = Tracker(sum(f.size or 0 for f in files), progress)
         tracker.done = tracker.total - sum(f.size or 0 for f in todo) + sum(
             _size_or_zero(part_path(partial, f)) for f in todo)
-        notify(f"Pulling {repo_id} @ {commit[:12]}: {len(files)} files, {_human(tracker.total)}"
+        notify(f"Pulling {repo_id} @ {commit[:12]}: {len(files)} files, {human_bytes(tracker.total)}"
                f" ({len(files) - len(todo)} already here)")
         downloaded = _download_all(repo_id, commit, partial, todo, tracker)
         _finish(partial, target, {
@@ -110,7 +113,7 @@ def pull(
             "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
         _state_path(partial).unlink(missing_ok=True)
-    return PullResult(target, repo_id, commit, _dir_size(target), downloaded_bytes=downloaded)
+    return PullResult(target, repo_id, commit, dir_size(target), downloaded_bytes=downloaded)
 
 
 def list_files(repo_id: str, revision: str | None = None) -> tuple[str, list[RemoteFile]]:
@@ -155,7 +158,10 @@ def hub_errors(repo_id: str, revision: str | None, resume_hint: str = "") -> Ite
     import httpx2
     from huggingface_hub import constants
     from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
@@ -230,7 +236,7 @@ def _prepare_partial(partial: Path, repo_id: str, commit: str,
     elif partial.exists():
         notify(f"Resuming the partial download in {partial}")
     partial.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(state, {"repo_id": repo_id, "commit": commit})
+    write_text(state, _json({"repo_id": repo_id, "commit": commit}))
 
 
 def _check_disk_space(partial: Path, todo: list[RemoteFile]) -> None:
@@ -239,7 +245,7 @@ def _check_disk_space(partial: Path, todo: list[RemoteFile]) -> None:
     if need > free:
         raise ZephyrError(
             f"not enough disk space in {partial.parent.parent}: the download needs "
-            f"{_human(need)} more, {_human(free)} is free"
+            f"{human_bytes(need)} more, {human_bytes(free)} is free"
         )
 
 
@@ -284,21 +290,8 @@ def _check_config(partial: Path, repo_id: str) -> None:
 def _finish(partial: Path, target: Path, source: dict) -> None:
     """Check the complete download, record its source, and move it into place in one rename."""
     loading.check_model_dir(partial)
-    _write_json_atomic(partial / SOURCE_FILE, source)
-    if target.exists():  # --force: swap, so that `target` is never a half-written model
-        old = partial.with_name(partial.name + ".replaced")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-        os.rename(partial, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(partial, target)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(partial / SOURCE_FILE, _json(source))
+    replace_dir(partial, target)  # --force: `target` is never a half-written model
 
 
 def _read_json(path: Path) -> dict:
@@ -316,13 +309,5 @@ def _size_or_zero(path: Path) -> int:
         return 0
 
 
-def _dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+def _json(data: dict) -> str:
+    return json.dumps(data, indent=2) + "\n"

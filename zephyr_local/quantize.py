@@ -20,12 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from zephyr_local.atomic import replace_dir
 from zephyr_local.errors import ModelFormatError, ZephyrError
-from zephyr_local.quantize_files import (
-    copy_tokenizer_files,
-    replace_dir,
-    write_model_card,
-)
+from zephyr_local.quantize_files import copy_tokenizer_files, write_model_card
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 8)
 ALLOWED_GROUP_SIZES = (32, 64, 128)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 # Copied byte for byte: re-saving through transformers could rewrite the
@@ -22,23 +21,6 @@ def copy_tokenizer_files(source: Path, dst: Path) -> list[str]:
             shutil.copyfile(source / name, dst / name)
             copied.append(name)
     return copied
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` to `out`; an existing `out` is removed only afterwards."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old / out.name)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        if old is not None:  # put the previous model back
-            (old / out.name).rename(out)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _size(n: int) -> str:

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from zephyr_local.atomic import dir_size
 from zephyr_local.errors import ModelNotFoundError
 from zephyr_local.safetensors_header import read_header
 
@@ -129,7 +130,7 @@ class ModelInfo:
 
 def model_info(path: Path) -> ModelInfo:
     """Size, dtype and quantization of a model directory, read from headers only."""
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    size = dir_size(path)
     info = ModelInfo(path.name, path, size, "?", source=_source(path).get("repo_id"))
     try:
         config = json.loads((path / "config.json").read_text())

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
+from zephyr_local.atomic import atomic_dir
 from zephyr_local.errors import ZephyrError
 
 TOKENIZER_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
@@ -141,9 +141,7 @@ def create_test_model(
         raise ZephyrError(f"dtype {dtype!r} is not one of float32, float16, bfloat16")
     config = tiny_config(**dims)
     config["torch_dtype"] = dtype
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         mx.random.seed(seed)
         model = llama.Model(llama.ModelArgs.from_dict(config))
         # Scaled normal init keeps activations O(1) through the random layers.
@@ -159,12 +157,6 @@ def create_test_model(
         gen = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
         write_tokenizer_files(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -209,9 +201,7 @@ def create_full_size_test_model(
         llama.Model(llama.ModelArgs.from_dict(config)).parameters())}
     mx_dtype = getattr(mx, dtype)
     plan = _shard_plan(shapes, mx_dtype.size, FULL_SIZE_SHARD_BYTES)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         mx.random.seed(seed)
         weight_map = {}
         for i, names in enumerate(plan):
@@ -235,12 +225,6 @@ def create_full_size_test_model(
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
         write_tokenizer_files(tmp)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
 import re
 import tempfile
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
+from zephyr_local.atomic import write_text
 from zephyr_local.bench.common import CaseResult
 
 # Random Zephyr-architecture models for the DPO case: weights must dominate memory.
@@ -47,15 +46,7 @@ class BenchRun:
 def machine_record() -> dict:
     from zephyr_local import backend
 
-    info = backend.device_info()
-    for pkg in ("mlx", "mlx-lm", "textual", "zephyr-local"):
-        try:
-            info[f"{pkg}_version"] = version(pkg)
-        except PackageNotFoundError:
-            info[f"{pkg}_version"] = None
-    info["python"] = platform.python_version()
-    info["platform"] = platform.platform()
-    return info
+    return backend.describe()
 
 
 def _case_fns() -> dict[str, Callable]:
@@ -182,13 +173,7 @@ def write(bench: BenchRun, out_dir: Path) -> dict[str, Path]:
               "cases": [c.as_dict() for c in bench.results]}
     paths = {"json": base.with_suffix(".json"), "md": base.with_suffix(".md"),
              "png": base.with_suffix(".png")}
-    _atomic_write(paths["json"], json.dumps(record, indent=2))
-    _atomic_write(paths["md"], report.markdown(record))
+    write_text(paths["json"], json.dumps(record, indent=2))
+    write_text(paths["md"], report.markdown(record))
     report.chart(record, paths["png"])
     return paths
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

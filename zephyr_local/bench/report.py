@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zephyr_local.atomic import write_via
+
 
 def _fmt(x: float) -> str:
     if x == 0:
@@ -75,7 +77,5 @@ def chart(record: dict, path: Path) -> None:
     ax.set_title(f"zephyr-local benchmark, {record['machine'].get('device')}, {record['date']}",
                  fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    write_via(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    tmp.replace(path)

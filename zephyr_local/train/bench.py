@@ -141,7 +141,6 @@ def dpo_case(model_path, steps: int = 3, max_length: int = 256, batch_size: int 
 
 
 if __name__ == "__main__":
-    import zephyr_local
 
     print(json.dumps(dpo_step_benchmark(Path(sys.argv[1]),
                                         batch_size=int(sys.argv[2]) if len(sys.argv) > 2 else 2),

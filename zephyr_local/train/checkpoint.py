@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map_with_path
 
+from zephyr_local.atomic import atomic_dir
+from zephyr_local.atomic import write_via as atomic_write_bytes
 from zephyr_local.errors import ZephyrError
-from zephyr_local.train.lora import ADAPTER_FILE, adapter_weights, atomic_write_bytes
+from zephyr_local.train.lora import ADAPTER_FILE, adapter_weights
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
@@ -33,18 +34,11 @@ def save_checkpoint(out: Path, model, optimizer, state: dict) -> Path:
     root = checkpoints_dir(out)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['step']:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    with atomic_dir(final) as tmp:
         mx.save_safetensors(str(tmp / ADAPTER_FILE), adapter_weights(model))
         opt = {k: v for k, v in tree_flatten(optimizer.state) if isinstance(v, mx.array)}
         mx.save_safetensors(str(tmp / OPTIMIZER_FILE), opt)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     pointer = json.dumps({"checkpoint": final.name, "step": state["step"]})
     atomic_write_bytes(root / "latest.json", lambda p: Path(p).write_text(pointer))
     for old in sorted(root.glob("step-*"))[:-KEEP]:

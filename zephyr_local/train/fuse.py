@@ -8,13 +8,12 @@ and the saving (`save`); this adds the adapter check, atomic output, and
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from mlx.utils import tree_unflatten
 
 from zephyr_local import loading
+from zephyr_local.atomic import atomic_dir
 from zephyr_local.errors import ZephyrError
 from zephyr_local.train.lora import load_adapter_into
 
@@ -48,17 +47,9 @@ def fuse(model_path: Path, adapter: Path, out: Path, bits: int | None = None,
         config.pop("quantization_config", None)
     if bits is not None:
         model, config = quantize_model(model, config, group_size, bits)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         save(tmp, str(model_path), model, loaded.tokenizer, config, donate_model=False)
         record = {"base_model": str(model_path), "adapter": str(adapter), "bits": bits}
         (tmp / FUSE_FILE).write_text(json.dumps(record, indent=2))
         loading.check_model_dir(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

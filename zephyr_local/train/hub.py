@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from zephyr_local import store
-from zephyr_local.train.lora import atomic_write_bytes
+from zephyr_local.atomic import write_via as atomic_write_bytes
 from zephyr_local.train.rows import DataError
 
 PATTERNS = ("data/{split}-*.parquet", "data/{split}.parquet", "{split}-*.parquet",

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from zephyr_local.atomic import write_via as atomic_write_bytes
 from zephyr_local.errors import ModelFormatError
 from zephyr_local.safetensors_header import read_header
 from zephyr_local.train.config import TARGET_PATHS, LoRAConfig
@@ -65,19 +64,6 @@ def lora_config_from(config: dict) -> LoRAConfig:
                           layers=int(config["num_layers"]), targets=targets)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFormatError(f"adapter_config.json: missing or bad field ({exc})") from None
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write via `write(tmp_path)` to a temp file beside `path`, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def adapter_weights(model) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zephyr_local.train.lora import atomic_write_bytes
+from zephyr_local.atomic import write_via as atomic_write_bytes
 
 
 class MetricsLog:

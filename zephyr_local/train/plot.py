@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from zephyr_local.atomic import write_via
+
 DPO_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "grad_norm",
             "learning_rate")
 SFT_KEYS = ("loss", "grad_norm", "learning_rate", "tokens_per_second")
@@ -37,7 +39,5 @@ def plot_metrics(records: list[dict], path: Path) -> None:
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_via(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
-    tmp.replace(path)

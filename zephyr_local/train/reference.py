@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zephyr_local.train.lora import atomic_write_bytes
+from zephyr_local.atomic import write_via as atomic_write_bytes
 
 CACHE_VERSION = 1
 SAMPLE_BYTES = 1 << 20

@@ -8,33 +8,19 @@ and says that nothing is being saved.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from rich.text import Text
 
 from zephyr_local import store
+from zephyr_local.atomic import write_text
 from zephyr_local.history import History, HistoryError, StoredMessage
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.tui.generation import clean_for_display
 from zephyr_local.tui.text_screen import TextEditScreen
 from zephyr_local.tui.widgets.message import MessageView
 from zephyr_local.tui.widgets.sidebar import HistorySidebar
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file beside it and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class HistoryMixin:
@@ -197,9 +183,9 @@ class HistoryMixin:
             for path in paths:
                 if path.suffix.lower() == ".json":
                     data = self.history.export_json(self.conversation_id)
-                    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+                    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
                 else:
-                    write_atomic(path, self.history.export_markdown(self.conversation_id))
+                    write_text(path, self.history.export_markdown(self.conversation_id))
         except OSError as exc:
             self.notify(f"Export failed: {exc}", severity="error")
             return
