@@ -150,6 +150,26 @@ async def test_send_streams_the_engines_reply_and_commits_it(engine, tmp_path):
 
 
 @pytest.mark.asyncio
+async def test_keys_typed_just_before_enter_are_sent(engine, tmp_path):
+    """A paste or `tmux send-keys "text" Enter`: the keys arrive together, Enter last."""
+    from textual import events
+
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.session is not None)
+        prompt = app.query_one(PromptInput)
+        prompt.focus()
+        await pilot.pause()
+        for ch in "Hi there":  # queued at once, as a terminal delivers them
+            app.post_message(events.Key(ch, ch))
+        app.post_message(events.Key("enter", "\r"))
+        await wait_until(pilot, lambda: len(app.views()) == 2 and not app.generating)
+        assert app.views()[0].role == "user"
+        assert stored(tmp_path, app.conversation_id)[0].content == "Hi there"
+        assert prompt.text == ""
+
+
+@pytest.mark.asyncio
 async def test_escape_stops_and_the_conversation_goes_on(engine, tmp_path):
     app = make_app(engine, tmp_path, options=SamplingOptions(temperature=0, max_tokens=3000))
     async with app.run_test(size=SIZE) as pilot:

@@ -18,7 +18,7 @@ class PromptInput(TextArea):
     """Type a message; Enter sends it, Up/Down on the first/last line recall history."""
 
     BINDINGS = [
-        Binding("enter", "submit", "Send", priority=True),
+        Binding("enter", "submit", "Send"),
         Binding("ctrl+j", "newline", "Newline"),
         Binding("alt+enter", "newline", "Newline (Alt+Enter)", show=False),
         Binding("shift+enter", "newline", "Newline", show=False),
@@ -49,8 +49,12 @@ class PromptInput(TextArea):
     async def _on_key(self, event: events.Key) -> None:
         # Handled here, not only as bindings: a bubbled binding runs after the keys
         # typed next, which puts the newline in the wrong place.
+        # Enter too: a priority binding would read the text before the keys typed just
+        # before it (a paste, a fast typist, tmux send-keys) reached this widget.
         row, _ = self.cursor_location
-        if event.key in NEWLINE_KEYS:
+        if event.key == "enter":
+            self.action_submit()
+        elif event.key in NEWLINE_KEYS:
             self.action_newline()
         elif event.key == "up" and row == 0 and self.sent_history and self._recall > 0:
             self._show_recalled(self._recall - 1)
