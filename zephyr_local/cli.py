@@ -263,10 +263,12 @@ def models(ctx, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"Models in {_store(ctx)}")
-    for col in ("name", "size", "dtype", "quantization", "bits/weight", "path"):
+    table.add_column("name", no_wrap=True)
+    for col in ("size", "dtype", "quant", "bits/w"):
         table.add_column(col)
+    table.add_column("path", overflow="fold")
     for r in rows:
-        quant = f"{r.bits}-bit, group {r.group_size}" if r.bits else "-"
+        quant = f"{r.bits}-bit g{r.group_size}" if r.bits else "-"
         bpw = f"{r.bits_per_weight:.2f}" if r.bits_per_weight else "?"
         table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, r.error or quant, bpw, str(r.path))
     Console().print(table)
