@@ -24,6 +24,10 @@ engine = Engine.load(sys.argv[1])
 ids = filler_ids(engine.tokenizer, int(sys.argv[2]))
 _ours(engine, ids, 4)
 out = _ours(engine, ids, int(sys.argv[3]))
+engine.close()
+from zephyr_local.train.bench import dpo_step_benchmark
+dpo = dpo_step_benchmark(sys.argv[1], batch_size=1, max_length=128, steps=2)["ours"]
+out["dpo_step_s"] = dpo["best_step_s"]
 out["blas"] = backend.blas()[0]
 print(json.dumps(out))
 """
@@ -39,7 +43,8 @@ def _probe(model: str, n: int, max_tokens: int, blas: str) -> dict:
 
 
 def blas_case(model: str, *, prompt_length: int, max_tokens: int, repeats: int) -> CaseResult:
-    """Prompt and generation tok/s with OpenBLAS (default) vs ZEPHYR_LOCAL_BLAS=off."""
+    """Prompt and generation tok/s, and a DPO step (cases 1 and 4), with OpenBLAS
+    (default) vs ZEPHYR_LOCAL_BLAS=off."""
     result = CaseResult("linux-cpu-blas")
     if sys.platform != "linux":
         result.skipped = "not Linux"
@@ -52,12 +57,16 @@ def blas_case(model: str, *, prompt_length: int, max_tokens: int, repeats: int) 
     if runs["openblas"][0]["blas"] != "openblas":
         result.skipped = "no system OpenBLAS (apt-get install libopenblas0-pthread)"
         return result
-    med = {k: {m: median(r[m] for r in v) for m in ("prompt_tps", "generation_tps")}
-           for k, v in runs.items()}
+    metrics = ("prompt_tps", "generation_tps", "dpo_step_s")
+    med = {k: {m: median(r[m] for r in v) for m in metrics} for k, v in runs.items()}
     result.details = {"prompt_length": prompt_length, **med}
     for metric in ("prompt_tps", "generation_tps"):
         result.ratios.append(ratio(
             "linux-cpu-blas", f"{metric.replace('_tps', '')} tok/s, {prompt_length}-token prompt",
             med["openblas"][metric], med["reference"][metric], "bundled reference BLAS",
             higher_is_better=True, goal=None, unit="tok/s"))
+    result.ratios.append(ratio(
+        "linux-cpu-blas", "DPO step (1 pair x 128 tokens), test model", med["openblas"]["dpo_step_s"],
+        med["reference"]["dpo_step_s"], "bundled reference BLAS", higher_is_better=False,
+        goal=None, unit="s"))
     return result
