@@ -90,16 +90,32 @@ def _pair_batch(tok, prompt_text):
 
 
 class PromptNoise:
-    """Wraps a model and replaces its logits at prompt positions with random values."""
+    """Wraps a model; its hidden states at prompt positions are replaced by noise."""
 
     def __init__(self, model, prompt_len):
-        self.model, self.prompt_len = model, prompt_len
+        self.inner, self.prompt_len = model, prompt_len
+        self.lm_head = model.lm_head
 
-    def __call__(self, tokens):
-        logits = self.model(tokens)
-        noise = mx.random.normal(logits.shape) * 10
-        keep = mx.arange(logits.shape[1])[None, :, None] >= self.prompt_len - 1
-        return mx.where(keep, logits, noise)
+    def model(self, tokens):
+        hidden = self.inner.model(tokens)
+        noise = mx.random.normal(hidden.shape) * 10
+        keep = mx.arange(hidden.shape[1])[None, :, None] >= self.prompt_len - 1
+        return mx.where(keep, hidden, noise)
+
+
+def test_sequence_logps_equal_full_vocabulary_log_softmax(lora_model):
+    """Oracle: log-softmax over every position's logits, gathered at the targets, masked."""
+    from zephyr_local.train.logprobs import sequence_logps
+
+    model = lora_model.model
+    _, tokens, mask = _pair_batch(lora_model.tokenizer, "What is the capital of France?")
+    logits = model(tokens[:, :-1]).astype(mx.float32)
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    gathered = mx.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    expected = (gathered * mask).sum(axis=-1)
+    got, counts = sequence_logps(model, tokens, mask)
+    assert np.allclose(np.array(got), np.array(expected), rtol=1e-5, atol=1e-4)
+    assert np.array_equal(np.array(counts), np.array(mask.sum(axis=-1)))
 
 
 def _losses(model, tokens, mask, ref):

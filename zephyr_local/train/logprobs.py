@@ -6,21 +6,34 @@ from contextlib import contextmanager
 
 import mlx.core as mx
 import mlx.nn as nn
-
-
-def token_logps(model, tokens: mx.array) -> mx.array:
-    """log p(tokens[:, j+1] | tokens[:, :j+1]) for every j, in float32: shape [B, L-1]."""
-    logits = model(tokens[:, :-1]).astype(mx.float32)  # [B, L-1, V]
-    # cross_entropy is logsumexp - logit[target]: a stable log-softmax gather.
-    return -nn.losses.cross_entropy(logits, tokens[:, 1:])
+import numpy as np
 
 
 def sequence_logps(model, tokens: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
     """Per-row sums of target log-probs where mask is 1, and the counts: ([B], [B]).
 
-    `mask` [B, L-1] is aligned with the shifted targets (see data.collate).
+    `mask` [B, L-1] is aligned with the shifted targets (see data.collate). Only the
+    scored positions go through the output projection: with Zephyr's 32,000-token
+    vocabulary, float32 logits for every position (prompt and padding included) are
+    the largest activation of a training step.
     """
-    return (token_logps(model, tokens) * mask).sum(axis=-1), mask.sum(axis=-1)
+    weights = np.array(mask, dtype=np.float32)  # data, not a parameter: read it eagerly
+    rows, cols = np.nonzero(weights)
+    counts = mask.sum(axis=-1)
+    if len(rows) == 0:
+        return mx.zeros((tokens.shape[0],), mx.float32), counts
+    hidden = model.model(tokens[:, :-1])  # [B, L-1, H]
+    r, c = mx.array(rows), mx.array(cols)
+    logits = _output_head(model)(hidden[r, c]).astype(mx.float32)  # [N, V]
+    logps = -nn.losses.cross_entropy(logits, tokens[:, 1:][r, c]) * mx.array(weights[rows, cols])
+    owner = rows[None, :] == np.arange(tokens.shape[0])[:, None]  # [B, N]: row of each position
+    return mx.array(owner.astype(np.float32)) @ logps, counts
+
+
+def _output_head(model):
+    """Zephyr's untied lm_head, or the embedding as a linear layer for tied models."""
+    head = getattr(model, "lm_head", None)
+    return head if head is not None else model.model.embed_tokens.as_linear
 
 
 def lora_layers(model) -> list:
@@ -46,8 +59,6 @@ def adapters_off(model):
 
 def batched_logps(model, seqs, batch_size: int) -> tuple:
     """Summed completion log-probs of many Sequences (no gradients), as numpy arrays."""
-    import numpy as np
-
     from zephyr_local.train.data import collate
 
     sums, counts = [], []

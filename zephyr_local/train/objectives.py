@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 
 from zephyr_local.train.data import collate, pref_batch
-from zephyr_local.train.logprobs import batched_logps, sequence_logps, token_logps
+from zephyr_local.train.logprobs import batched_logps, sequence_logps
 from zephyr_local.train.losses import dpo_loss, pair_metrics
 
 
@@ -29,7 +29,7 @@ def dpo_forward(model, tokens, mask, ref_w, ref_l, weight, loss_name, beta, eps)
 
 def sft_forward(model, tokens, mask, weight):
     """Cross-entropy summed over assistant tokens, times weight (1 / tokens in the step)."""
-    nll = -(token_logps(model, tokens) * mask).sum()
+    nll = -sequence_logps(model, tokens, mask)[0].sum()
     return nll * weight, nll
 
 
