@@ -321,11 +321,11 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
 
     Example: zephyr-local pull HuggingFaceH4/zephyr-7b-beta
     """
-    from zephyr_local import pull, store
+    from zephyr_local import display, pull, store
 
     repo_id = repo_id or store.DEFAULT_REPO
     try:
-        with _DownloadBar() as bar:
+        with display.DownloadBar() as bar:
             result = pull.pull(repo_id, _store(ctx), revision=revision, force=force,
                                notify=bar.note, progress=bar.update)
     except KeyboardInterrupt:
@@ -339,38 +339,6 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
     click.echo(f"Pulled {repo_id} @ {result.commit[:12]} into {result.path} ({size}).")
     click.echo(f"Next: zephyr-local quantize {repo_id} --bits 4")
 
-
-class _DownloadBar:
-    """One rich bar on stderr for a whole pull (bytes, speed, time left), started lazily."""
-
-    def __enter__(self):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
-        self.task = None
-        return self
-
-    def note(self, line: str) -> None:
-        self.progress.console.print(line, highlight=False)
-
-    def update(self, name: str, done: int, total: int) -> None:
-        if self.task is None:
-            self.progress.start()
-            self.task = self.progress.add_task("", total=total)
-        self.progress.update(self.task, description=name, completed=done, total=total)
-
-    def __exit__(self, *exc) -> None:
-        self.progress.stop()
 
 # --- quantize command (zephyr_local/quantize.py) ---
 
@@ -400,8 +368,8 @@ def quantize(ctx, model, bits, group_size, dtype, head_bits, out, force, no_eval
 
     Example: zephyr-local quantize HuggingFaceH4/zephyr-7b-beta --bits 4
     """
+    from zephyr_local import display, store
     from zephyr_local import quantize as q
-    from zephyr_local import store
 
     opts = q.QuantizeOptions(bits=bits, group_size=group_size, dtype=dtype,
                              head_bits=head_bits, force=force, evaluate=not no_eval).validate()
@@ -410,12 +378,12 @@ def quantize(ctx, model, bits, group_size, dtype, head_bits, out, force, no_eval
     # a hub id names the output (a Hugging Face cache snapshot dir is a commit hash)
     name = store.store_name(arg) if "/" in arg and not Path(arg).is_dir() else source.name
     target = Path(out) if out else _store(ctx) / q.output_name(name, opts)
-    with _progress_bars() as bars:
+    with display.ProgressBars() as bars:
         report = q.quantize(source, target, opts, bars("Quantizing"), bars("Evaluating"))
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
-        _print_quantize_report(report)
+        display.print_quantize_report(report)
 
 
 def _quantize_source(arg: str, store_dir: Path) -> Path:
@@ -433,78 +401,6 @@ def _quantize_source(arg: str, store_dir: Path) -> Path:
         click.echo(f"{arg} is not in the store: pulling it first.", err=True)
         return pull(arg, store_dir, notify=lambda line: click.echo(line, err=True)).path
 
-
-class _progress_bars:
-    """Rich progress bars on stderr; `bars(title)` is a library progress callback."""
-
-    def __enter__(self):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("{task.fields[what]}"),
-            console=Console(stderr=True), transient=False)
-        self.started = False  # started by the first update: errors before any work stay clean
-        return self
-
-    def __exit__(self, *exc):
-        if self.started:
-            self.progress.stop()
-
-    def __call__(self, title: str):
-        task = None
-
-        def update(done: int, total: int, what: str) -> None:
-            nonlocal task
-            if not self.started:
-                self.progress.start()
-                self.started = True
-            if task is None:
-                task = self.progress.add_task(title, total=total, what="")
-            self.progress.update(task, completed=done, total=total, what=what)
-
-        return update
-
-
-def _print_quantize_report(r) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Quantized {Path(r.source).name} -> {r.output}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    head = f", head {r.head_bits}-bit" if r.head_bits else ""
-    rows = [
-        ("settings", f"{r.bits}-bit, group {r.group_size}, {r.dtype}{head}"),
-        ("size", f"{human_bytes(r.source_bytes)} -> {human_bytes(r.output_bytes)}"),
-        (f"bits/weight ({r.bits}-bit layers)", f"{r.bits_per_weight:.3f}"),
-        *([("bits/weight (embedding, head)", f"{r.head_bits_per_weight:.3f}")]
-          if r.head_bits_per_weight else []),
-        ("bits/weight (all parameters)", f"{r.overall_bits_per_weight:.3f}"),
-        ("time", f"{r.seconds:.1f} s (quantize {r.quantize_seconds:.1f} s)"),
-        ("peak memory, quantizing",
-         f"{r.quantize_peak_rss_gb:.2f} GB RSS, {r.quantize_peak_mlx_gb:.2f} GB MLX"),
-        *([("peak memory, with evaluation",
-            f"{r.peak_rss_gb:.2f} GB RSS, {r.peak_mlx_gb:.2f} GB MLX")] if r.quality else []),
-    ]
-    if r.quality:
-        qd = r.quality
-        rows += [
-            ("perplexity source -> quantized",
-             f"{qd['source_perplexity']:.3f} -> {qd['quantized_perplexity']:.3f}"),
-            ("mean KL(source || quantized)", f"{qd['mean_kl']:.5f} nats"),
-            ("eval text", f"{qd['tokens']} tokens in {qd['chunks']} chunks"),
-        ]
-    for key, value in rows:
-        table.add_row(key, value)
-    Console().print(table)
 
 # --- chat command (zephyr_local/tui/) ---
 

@@ -1,0 +1,114 @@
+"""Rich progress bars and tables for the commands (the library reports through callbacks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zephyr_local.atomic import human_bytes
+
+
+class DownloadBar:
+    """One rich bar on stderr for a whole pull (bytes, speed, time left), started lazily."""
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+        self.task = None
+        return self
+
+    def note(self, line: str) -> None:
+        self.progress.console.print(line, highlight=False)
+
+    def update(self, name: str, done: int, total: int) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("", total=total)
+        self.progress.update(self.task, description=name, completed=done, total=total)
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+
+class ProgressBars:
+    """Rich progress bars on stderr; `bars(title)` is a library progress callback."""
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[what]}"),
+            console=Console(stderr=True), transient=False)
+        self.started = False  # started by the first update: errors before any work stay clean
+        return self
+
+    def __exit__(self, *exc):
+        if self.started:
+            self.progress.stop()
+
+    def __call__(self, title: str):
+        task = None
+
+        def update(done: int, total: int, what: str) -> None:
+            nonlocal task
+            if not self.started:
+                self.progress.start()
+                self.started = True
+            if task is None:
+                task = self.progress.add_task(title, total=total, what="")
+            self.progress.update(task, completed=done, total=total, what=what)
+
+        return update
+
+
+def print_quantize_report(r) -> None:
+    """The quantization report as a rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Quantized {Path(r.source).name} -> {r.output}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    head = f", head {r.head_bits}-bit" if r.head_bits else ""
+    rows = [
+        ("settings", f"{r.bits}-bit, group {r.group_size}, {r.dtype}{head}"),
+        ("size", f"{human_bytes(r.source_bytes)} -> {human_bytes(r.output_bytes)}"),
+        (f"bits/weight ({r.bits}-bit layers)", f"{r.bits_per_weight:.3f}"),
+        *([("bits/weight (embedding, head)", f"{r.head_bits_per_weight:.3f}")]
+          if r.head_bits_per_weight else []),
+        ("bits/weight (all parameters)", f"{r.overall_bits_per_weight:.3f}"),
+        ("time", f"{r.seconds:.1f} s (quantize {r.quantize_seconds:.1f} s)"),
+        ("peak memory, quantizing",
+         f"{r.quantize_peak_rss_gb:.2f} GB RSS, {r.quantize_peak_mlx_gb:.2f} GB MLX"),
+        *([("peak memory, with evaluation",
+            f"{r.peak_rss_gb:.2f} GB RSS, {r.peak_mlx_gb:.2f} GB MLX")] if r.quality else []),
+    ]
+    if r.quality:
+        qd = r.quality
+        rows += [
+            ("perplexity source -> quantized",
+             f"{qd['source_perplexity']:.3f} -> {qd['quantized_perplexity']:.3f}"),
+            ("mean KL(source || quantized)", f"{qd['mean_kl']:.5f} nats"),
+            ("eval text", f"{qd['tokens']} tokens in {qd['chunks']} chunks"),
+        ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
