@@ -31,6 +31,7 @@ from zephyr_local.store import (
     MODEL_FILE_PATTERNS,
     NOT_MODEL_FILE_PATTERNS,
     SOURCE_FILE,
+    read_source,
     store_name,
 )
 
@@ -85,7 +86,7 @@ def pull(
     _validate_repo_id(repo_id)
     target = store / store_name(repo_id)
     if target.exists() and not force:
-        source = _read_json(target / SOURCE_FILE)
+        source = read_source(target)
         if source.get("repo_id") != repo_id or revision not in (None, source.get("revision")):
             held = f"{source.get('repo_id')}@{source.get('revision')}" if source else "another model"
             raise ZephyrError(

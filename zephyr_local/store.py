@@ -80,7 +80,7 @@ def resolve_model(arg: str | os.PathLike | None, store: Path | None = None) -> P
     tried.append(str(named))
     if "/" in arg and not direct.is_absolute() and arg.count("/") == 1:
         for entry in _store_entries(store):
-            if _source(entry).get("repo_id") == arg:
+            if read_source(entry).get("repo_id") == arg:
                 return entry
         # A folder of the same name that came from another repo is not this model.
         tried.append(f"{store / store_name(arg)} (pulled from {arg})")
@@ -106,11 +106,13 @@ def _store_entries(store: Path) -> list[Path]:
     )
 
 
-def _source(path: Path) -> dict:
+def read_source(path: Path) -> dict:
+    """The source record `pull` wrote in a model directory ({} when there is none)."""
     try:
-        return json.loads((path / SOURCE_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads((path / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 @dataclass
@@ -131,7 +133,7 @@ class ModelInfo:
 def model_info(path: Path) -> ModelInfo:
     """Size, dtype and quantization of a model directory, read from headers only."""
     size = dir_size(path)
-    info = ModelInfo(path.name, path, size, "?", source=_source(path).get("repo_id"))
+    info = ModelInfo(path.name, path, size, "?", source=read_source(path).get("repo_id"))
     try:
         config = json.loads((path / "config.json").read_text())
         quant = config.get("quantization") or {}
