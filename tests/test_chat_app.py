@@ -163,10 +163,11 @@ async def test_keys_typed_just_before_enter_are_sent(engine, tmp_path):
         for ch in "Hi there":  # queued at once, as a terminal delivers them
             app.post_message(events.Key(ch, ch))
         app.post_message(events.Key("enter", "\r"))
-        await wait_until(pilot, lambda: len(app.views()) == 2 and not app.generating)
+        # The input is cleared once the reply has started; wait for that too.
+        await wait_until(pilot, lambda: len(app.views()) == 2 and not app.generating
+                         and prompt.text == "")
         assert app.views()[0].role == "user"
         assert stored(tmp_path, app.conversation_id)[0].content == "Hi there"
-        assert prompt.text == ""
 
 
 @pytest.mark.asyncio
