@@ -6,27 +6,43 @@ mlx, mlx-lm and textual are imported inside the commands so that `--help` is ins
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from zephyr_local.atomic import human_bytes
-from zephyr_local.errors import ZephyrError
+from zephyr_local.errors import ZephyrError, describe_os_error, first_line
+from zephyr_local.params import SEED, Finite
 
 
 class _Group(click.Group):
-    """Turns library errors into one line on stderr and an exit code; no tracebacks."""
+    """The one error boundary: library errors and operating-system faults become one line
+    on stderr and a non-zero exit code; no tracebacks."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ZephyrError as exc:
-            click.secho(f"Error: {exc}", err=True, fg="red")
-            ctx.exit(exc.exit_code)
+            _fail(ctx, str(exc), exc.exit_code)
+        except OSError as exc:  # unwritable output, a full disk, a file where a dir should be
+            _fail(ctx, describe_os_error(exc), 1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # a bug: still one line, the traceback on request
+            if os.environ.get("ZEPHYR_LOCAL_DEBUG"):
+                raise
+            _fail(ctx, f"unexpected {type(exc).__name__}: {first_line(exc)} (a bug; "
+                  "ZEPHYR_LOCAL_DEBUG=1 shows the traceback)", 70)
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    click.secho(f"Error: {message}", err=True, fg="red")
+    ctx.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,17 +77,17 @@ def sampling_options(f):
     options = [
         click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
                      help="Longest reply, in tokens."),
-        click.option("--temp", type=click.FloatRange(min=0), default=0.7, show_default=True,
+        click.option("--temp", type=Finite(min=0), default=0.7, show_default=True,
                      help="Temperature; 0 is greedy and deterministic."),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95,
+        click.option("--top-p", type=Finite(0, 1, min_open=True), default=0.95,
                      show_default=True, help="Nucleus sampling mass, in (0, 1]."),
         click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True,
                      help="Sample from the k likeliest tokens; 0 disables."),
-        click.option("--min-p", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+        click.option("--min-p", type=Finite(0, 1, max_open=True), default=0.0,
                      show_default=True, help="Drop tokens below min-p x the top probability."),
-        click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True),
+        click.option("--repetition-penalty", type=Finite(min=0, min_open=True),
                      default=1.0, show_default=True, help="1.0 disables."),
-        click.option("--seed", type=int, default=None, help="Seed for reproducible sampling."),
+        click.option("--seed", type=SEED, default=None, help="Seed for reproducible sampling."),
         click.option("--context-budget", type=click.IntRange(min=16), default=None,
                      help="Context budget in tokens (default: the model's 4096 window)."),
     ]
@@ -93,13 +109,10 @@ def sampling_from(kwargs: dict):
 def read_messages(source: str) -> list[dict]:
     """A conversation from a JSON file (or `-` for stdin): a list of {"role", "content"},
     or an object with a "messages" list (the chat export format)."""
+    from zephyr_local.inputs import read_text
     from zephyr_local.template import validate
 
-    name = "stdin" if source == "-" else source
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ZephyrError(f"{name}: cannot read ({exc.strerror})") from None
+    name, text = read_text(source)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -156,6 +169,7 @@ def tokenize(ctx, model, messages_file, text, no_generation_prompt) -> None:
     Example: zephyr-local tokenize -m zephyr-test --messages chat.json
     """
     from zephyr_local import loading, store, template
+    from zephyr_local.inputs import check_text
 
     if (messages_file is None) == (text is None):
         raise click.UsageError("give exactly one of --messages or --text")
@@ -164,7 +178,7 @@ def tokenize(ctx, model, messages_file, text, no_generation_prompt) -> None:
     if messages is not None:
         ids = template.encode(tokenizer, messages, not no_generation_prompt)
     else:
-        ids = list(tokenizer.encode(text))
+        ids = list(tokenizer.encode(check_text(text, "--text")))
     click.echo(json.dumps(ids))
 
 
@@ -214,6 +228,8 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
 
 
 def _prompt_messages(prompt, stdin_prompt, messages_file, system) -> list[dict]:
+    from zephyr_local.inputs import check_text, read_text
+
     if stdin_prompt not in (None, "-"):
         raise click.UsageError(f"unexpected argument {stdin_prompt!r} (use --prompt TEXT or -)")
     given = [x for x in (prompt, stdin_prompt, messages_file) if x is not None]
@@ -222,11 +238,12 @@ def _prompt_messages(prompt, stdin_prompt, messages_file, system) -> list[dict]:
     if messages_file is not None:
         messages = read_messages(messages_file)
     else:
-        text = sys.stdin.read() if stdin_prompt == "-" else prompt
+        text = read_text("-")[1] if stdin_prompt == "-" else check_text(prompt, "the prompt")
         if not text.strip():
             raise ZephyrError("the prompt is empty")
         messages = [{"role": "user", "content": text}]
     if system is not None:
+        check_text(system, "--system")
         messages = [{"role": "system", "content": system}] + [
             m for m in messages if m["role"] != "system"
         ]
@@ -276,7 +293,7 @@ def models(ctx, as_json: bool) -> None:
 
 @cli.command("create-test-model")
 @click.argument("out_dir", required=False, type=click.Path(file_okay=False))
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="float32 is fastest on CPUs (default; bfloat16 with --full-size).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")

@@ -33,3 +33,16 @@ class ContextOverflowError(ZephyrError):
     """The newest message alone does not fit the context budget."""
 
     exit_code = 2
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`path: cause` for an operating-system error (`cause` alone when it names no path)."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return ": ".join([*names, cause])
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:limit]

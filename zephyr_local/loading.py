@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from zephyr_local.errors import ModelFormatError, ModelNotFoundError
+from zephyr_local.model_config import check_adapter_config, check_model_config
 from zephyr_local.safetensors_header import read_header
 
 SUPPORTED_MODEL_TYPES = ("mistral", "llama")
@@ -54,6 +55,7 @@ def check_model_dir(path: Path) -> dict:
             f"{path / 'config.json'}: the model asks for custom code (auto_map); "
             "zephyr-local never runs remote code (trust_remote_code is refused)"
         )
+    check_model_config(config, path / "config.json")
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
@@ -77,7 +79,7 @@ def check_adapter_dir(path: Path) -> dict:
     weights = path / "adapters.safetensors"
     if not weights.exists():
         raise ModelFormatError(f"{weights}: missing")
-    read_header(weights)
+    check_adapter_config(config, path / "adapter_config.json", list(read_header(weights)))
     return config
 
 

@@ -14,13 +14,12 @@ import json
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from zephyr_local.atomic import replace_dir
+from zephyr_local.atomic import check_writable, replace_dir, temp_dir, writing
 from zephyr_local.errors import ModelFormatError, ZephyrError
 from zephyr_local.quantize_files import copy_tokenizer_files, write_model_card
 
@@ -181,6 +180,7 @@ def plan(source: Path, out: Path, opts: QuantizeOptions) -> _Plan:
         raise ZephyrError(f"{out} already exists: pass --force to replace it")
     if out.resolve() == source.resolve():
         raise ZephyrError(f"{out} is the source model: choose another --out")
+    check_writable(out.parent)
     from mlx_lm.utils import load_model
 
     try:
@@ -190,7 +190,8 @@ def plan(source: Path, out: Path, opts: QuantizeOptions) -> _Plan:
     layers = _quantized_modules(model, opts)
     need = _estimate_bytes(model, layers, opts) + DISK_MARGIN_BYTES
     parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(parent).free
     if free < need:
         raise ZephyrError(
@@ -317,35 +318,44 @@ def quantize(
             any work.
     """
     import mlx.core as mx
-    from mlx.utils import tree_flatten
 
     start = time.perf_counter()
     p = plan(source, out, opts)
     mx.reset_peak_memory()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{p.out.name}.tmp-", dir=p.out.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would make the model private to this user
+    tmp = temp_dir(p.out)
     try:
-        model, qconfig = _quantize_lazily(p.model, p.config, opts)
-        p.model = None
-        stats = _layer_stats(model)
-        weights = dict(tree_flatten(model.parameters()))
-        del model  # the flat dict alone holds the arrays: writing a shard frees it
-        stats["bytes"] = _write_weights(weights, stats["parameters"], tmp, progress)
-        stats["seconds"] = time.perf_counter() - start
-        stats["rss"], stats["mlx"] = _peak_rss_gb(), mx.get_peak_memory() / 1e9
-        copy_tokenizer_files(p.source, tmp)
-        if "torch_dtype" in qconfig:
-            qconfig["torch_dtype"] = opts.dtype
-        _save_config(qconfig, tmp)  # last: a directory without config.json is no model
-        quality = _evaluate(p.source, tmp, eval_progress) if opts.evaluate else None
-        report = _report(p, tmp, opts, stats, quality, time.perf_counter() - start)
-        (tmp / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=2))
-        write_model_card(tmp, report)
-        report.output_bytes = _dir_bytes(tmp)
-        replace_dir(tmp, p.out)
+        with writing(p.out):
+            report = _build(p, tmp, opts, start, eval_progress, progress)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def _build(p: _Plan, tmp: Path, opts: QuantizeOptions, start: float, eval_progress,
+           progress) -> QuantizeReport:
+    """Quantize, write, evaluate and report into `tmp`, then move it to `p.out`."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    model, qconfig = _quantize_lazily(p.model, p.config, opts)
+    p.model = None
+    stats = _layer_stats(model)
+    weights = dict(tree_flatten(model.parameters()))
+    del model  # the flat dict alone holds the arrays: writing a shard frees it
+    stats["bytes"] = _write_weights(weights, stats["parameters"], tmp, progress)
+    stats["seconds"] = time.perf_counter() - start
+    stats["rss"], stats["mlx"] = _peak_rss_gb(), mx.get_peak_memory() / 1e9
+    copy_tokenizer_files(p.source, tmp)
+    if "torch_dtype" in qconfig:
+        qconfig["torch_dtype"] = opts.dtype
+    _save_config(qconfig, tmp)  # last: a directory without config.json is no model
+    quality = _evaluate(p.source, tmp, eval_progress) if opts.evaluate else None
+    report = _report(p, tmp, opts, stats, quality, time.perf_counter() - start)
+    (tmp / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=2))
+    write_model_card(tmp, report)
+    report.output_bytes = _dir_bytes(tmp)
+    replace_dir(tmp, p.out)
     return report
 
 

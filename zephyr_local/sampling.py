@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from zephyr_local.errors import ZephyrError
+from zephyr_local.params import SEED_MAX
 
 
 @dataclass
@@ -21,13 +23,17 @@ class SamplingOptions:
 
     def validate(self) -> "SamplingOptions":
         """Raise ZephyrError naming the first bad field."""
-        checks = [
+        floats = ("temperature", "top_p", "min_p", "repetition_penalty")
+        checks = [(name, math.isfinite(getattr(self, name)), "must be a finite number")
+                  for name in floats]
+        checks += [
             ("temperature", self.temperature >= 0, "must be >= 0"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("top_k", self.top_k >= 0, "must be >= 0"),
             ("min_p", 0 <= self.min_p < 1, "must be in [0, 1)"),
             ("repetition_penalty", self.repetition_penalty > 0, "must be > 0"),
             ("max_tokens", self.max_tokens >= 1, "must be >= 1"),
+            ("seed", self.seed is None or 0 <= self.seed <= SEED_MAX, f"must be in 0..{SEED_MAX}"),
         ]
         for name, ok, rule in checks:
             if not ok:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from zephyr_local.errors import ContextOverflowError, TemplateError
+from zephyr_local.inputs import unicode_problem
 
 ROLES = ("system", "user", "assistant")
 EOS_TOKEN = "</s>"
@@ -24,7 +25,9 @@ def validate(messages: Any) -> list[dict]:
     Raises:
         TemplateError: naming the index of the first bad message.
     """
-    if not isinstance(messages, (list, tuple)) or not messages:
+    if not isinstance(messages, (list, tuple)):
+        raise TemplateError(f"expected a list of messages, not {type(messages).__name__}")
+    if not messages:
         raise TemplateError("the conversation is empty: give at least one message")
     clean = []
     for i, msg in enumerate(messages):
@@ -39,6 +42,9 @@ def validate(messages: Any) -> list[dict]:
             raise TemplateError(
                 f"message {i}: content must be a string, not {type(content).__name__}"
             )
+        problem = unicode_problem(content)
+        if problem:
+            raise TemplateError(f"message {i}: content is {problem}")
         clean.append({"role": role, "content": content})
     return clean
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from zephyr_local.params import Finite
+
 
 def register_more(cli: click.Group) -> None:
     from zephyr_local.train.commands import data_options
@@ -17,8 +19,8 @@ def register_more(cli: click.Group) -> None:
     @click.option("--data", required=True, help="Preference or SFT JSONL (a directory: its valid.jsonl).")
     @click.option("--reference-adapter", default=None, type=click.Path(file_okay=False), help="DPO reference (default: the adapter the run started from, else the base).")
     @click.option("--loss", type=click.Choice(["sigmoid", "ipo", "hinge", "robust"]), default="sigmoid", show_default=True)
-    @click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=None, help="Default: the adapter's training beta, else 0.1.")
-    @click.option("--label-smoothing", type=click.FloatRange(0, 0.5, max_open=True), default=0.0)
+    @click.option("--beta", type=Finite(min=0, min_open=True), default=None, help="Default: the adapter's training beta, else 0.1.")
+    @click.option("--label-smoothing", type=Finite(0, 0.5, max_open=True), default=0.0)
     @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
     @data_options
     @click.pass_context

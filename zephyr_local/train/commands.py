@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from zephyr_local.errors import ZephyrError
+from zephyr_local.params import SEED, Finite
 
 # Flag -> TrainConfig field (dotted for nested dataclasses).
 FIELDS = {
@@ -71,30 +72,30 @@ def train_options(kind: str):
             click.option("--resume", is_flag=True, help="Continue the stopped run in --out from its last checkpoint."),
             click.option("--resume-adapter", default=None, type=click.Path(file_okay=False), help="Start from this adapter (frozen copy = the DPO reference)."),
             click.option("--lora-rank", type=click.IntRange(min=1), default=16, show_default=True),
-            click.option("--lora-alpha", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True, help="Scale = alpha / rank."),
-            click.option("--lora-scale", type=click.FloatRange(min=0, min_open=True), default=None, help="Set the scale directly (overrides --lora-alpha)."),
-            click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=dropout, show_default=True, help="DPO defaults to 0, as TRL's disable_dropout: the policy must equal the reference at step 0."),
+            click.option("--lora-alpha", type=Finite(min=0, min_open=True), default=16.0, show_default=True, help="Scale = alpha / rank."),
+            click.option("--lora-scale", type=Finite(min=0, min_open=True), default=None, help="Set the scale directly (overrides --lora-alpha)."),
+            click.option("--lora-dropout", type=Finite(0, 1, max_open=True), default=dropout, show_default=True, help="DPO defaults to 0, as TRL's disable_dropout: the policy must equal the reference at step 0."),
             click.option("--lora-layers", type=int, default=-1, show_default=True, help="Adapt the last N blocks; -1 for all."),
             click.option("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", show_default=True, help="Comma-separated linear layers."),
-            click.option("--learning-rate", "--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=lr, show_default=True),
+            click.option("--learning-rate", "--lr", "learning_rate", type=Finite(min=0, min_open=True), default=lr, show_default=True),
             click.option("--schedule", type=click.Choice(["linear", "cosine"]), default=schedule, show_default=True),
-            click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True),
-            click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True),
-            click.option("--max-grad-norm", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Clip gradients; 0 disables."),
+            click.option("--warmup-ratio", type=Finite(0, 1), default=0.1, show_default=True),
+            click.option("--weight-decay", type=Finite(min=0), default=0.0, show_default=True),
+            click.option("--max-grad-norm", type=Finite(min=0), default=1.0, show_default=True, help="Clip gradients; 0 disables."),
             click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True, help="Rows (pairs for DPO) per micro-batch."),
             click.option("--grad-accumulation", type=click.IntRange(min=1), default=1, show_default=True),
             click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass (less memory)."),
             click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True),
             click.option("--iters", type=click.IntRange(min=1), default=None, help="Optimizer steps (overrides --epochs)."),
-            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--seed", type=SEED, default=0, show_default=True),
             click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True, help="Evaluate every N steps (always at the end)."),
             click.option("--save-every", type=click.IntRange(min=1), default=50, show_default=True),
         ]
         if kind == "dpo":
             options += [
                 click.option("--loss", type=click.Choice(["sigmoid", "ipo", "hinge", "robust"]), default="sigmoid", show_default=True),
-                click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True),
-                click.option("--label-smoothing", type=click.FloatRange(0, 0.5, max_open=True), default=0.0, show_default=True, help="eps of the robust loss."),
+                click.option("--beta", type=Finite(min=0, min_open=True), default=0.1, show_default=True),
+                click.option("--label-smoothing", type=Finite(0, 0.5, max_open=True), default=0.0, show_default=True, help="eps of the robust loss."),
             ]
         f = data_options(f)  # listed after the options above
         for option in reversed(options):

@@ -16,7 +16,7 @@ from zephyr_local.train.rows import DataError
 
 def detect_kind(path: Path) -> str:
     """"dpo" if the first parseable row has chosen/rejected, else "sft"."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line in f:
             try:
                 row = json.loads(line)

@@ -92,6 +92,10 @@ def load_adapter_into(model, path: Path) -> LoRAConfig:
     """
     path = Path(path)
     config = read_adapter_config(path)
+    if config.get("fine_tune_type", "lora") != "lora":
+        raise ModelFormatError(f"{path / CONFIG_FILE}: fine_tune_type "
+                               f"{config['fine_tune_type']!r}: training, evaluate and fuse "
+                               "take LoRA adapters only")
     cfg = lora_config_from(config)
     n_blocks = len(model.layers)
     if cfg.layers > n_blocks:

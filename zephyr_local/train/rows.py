@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zephyr_local.errors import ZephyrError
+from zephyr_local.inputs import unicode_problem
 from zephyr_local.template import validate
+
+# A row is cut off before it is tokenized: tokenizing costs ~100 bytes of memory per
+# character (a 50 MB row took 6 GB); a million characters is far past any --max-length.
+MAX_ROW_CHARS = 1_000_000
 
 
 class DataError(ZephyrError):
@@ -160,7 +165,8 @@ def parse_sft(row: dict, where: str) -> SFTRow:
 
 def _json_lines(path: Path) -> Iterator[tuple[str, object]]:
     try:
-        with path.open(encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of row 1
+        with path.open(encoding="utf-8-sig") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     yield f"{path}:{n}", line
@@ -168,6 +174,25 @@ def _json_lines(path: Path) -> Iterator[tuple[str, object]]:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _decode_row(line: str) -> dict:
+    """One JSONL line as a row object, checked before anything tokenizes it."""
+    if len(line) > MAX_ROW_CHARS:
+        raise RowError(f"row too long ({len(line):,} characters; the limit is "
+                       f"{MAX_ROW_CHARS:,}): split it or cut it down")
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RowError(f"invalid JSON ({exc.msg}, column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise RowError(f"expected a JSON object, not {type(row).__name__}")
+    # Only a \u escape can smuggle a lone surrogate in: the file itself decoded as UTF-8.
+    if "\\u" in line:
+        problem = unicode_problem(json.dumps(row, ensure_ascii=False))
+        if problem:
+            raise RowError(f"text is {problem}")
+    return row
 
 
 def read_rows(path: Path, kind: str, summary: DataSummary, strict: bool = False) -> list:
@@ -182,13 +207,7 @@ def read_rows(path: Path, kind: str, summary: DataSummary, strict: bool = False)
     for where, line in _json_lines(path):
         summary.read += 1
         try:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RowError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise RowError("expected a JSON object")
-            rows.append(parse(row, where))
+            rows.append(parse(_decode_row(line), where))
         except RowError as exc:
             if strict:
                 raise DataError(f"{where}: {exc}") from None
