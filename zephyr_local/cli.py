@@ -264,31 +264,25 @@ def _stats_line(s) -> str:
 def models(ctx, as_json: bool) -> None:
     """List local models: name, path, size, dtype and quantization.
 
+    Directories in the store that cannot be loaded are named on stderr, with why.
+
     Example: zephyr-local models
     """
-    from zephyr_local import store
+    from zephyr_local import display, store
 
     rows = store.list_models(_store(ctx))
     if as_json:
         click.echo(json.dumps([{**r.__dict__, "path": str(r.path)} for r in rows], indent=2))
         return
-    if not rows:
+    usable = [r for r in rows if not r.error]
+    if not usable:
         click.echo(f"No models in {_store(ctx)}. Try `zephyr-local pull` or "
                    "`zephyr-local create-test-model`.")
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Models in {_store(ctx)}")
-    table.add_column("name", no_wrap=True)
-    for col in ("size", "dtype", "quant", "bits/w"):
-        table.add_column(col)
-    table.add_column("path", overflow="fold")
+    else:
+        display.print_models(usable, f"Models in {_store(ctx)}")
     for r in rows:
-        quant = f"{r.bits}-bit g{r.group_size}" if r.bits else "-"
-        bpw = f"{r.bits_per_weight:.2f}" if r.bits_per_weight else "?"
-        table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, r.error or quant, bpw, str(r.path))
-    Console().print(table)
+        if r.error:
+            click.echo(f"not usable: {r.name}: {r.error}", err=True)
 
 
 @cli.command("create-test-model")

@@ -112,3 +112,20 @@ def print_quantize_report(r) -> None:
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
+
+
+def print_models(rows, title: str) -> None:
+    """The `models` table: name, size, dtype, quantization, bits per weight, path."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("name", no_wrap=True)
+    for col in ("size", "dtype", "quant", "bits/w"):
+        table.add_column(col)
+    table.add_column("path", overflow="fold")
+    for r in rows:
+        quant = f"{r.bits}-bit g{r.group_size}" if r.bits else "-"
+        bpw = f"{r.bits_per_weight:.2f}" if r.bits_per_weight else "?"
+        table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, quant, bpw, str(r.path))
+    Console().print(table)

@@ -142,6 +142,18 @@ class History:
     def close(self) -> None:
         self._db.close()
 
+    def set_busy_timeout(self, milliseconds: int) -> None:
+        """How long a write waits for another connection's lock before failing."""
+        self._db.execute(f"PRAGMA busy_timeout={int(milliseconds)}")
+
+    def integrity_problem(self) -> str | None:
+        """SQLite's quick_check of every page: None when sound, else its first finding."""
+        try:
+            result = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if result == "ok" else result
+
     # -- conversations ---------------------------------------------------------
 
     def create(self, title: str = "New chat", system_prompt: str | None = None,
@@ -261,10 +273,11 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # also a failed COMMIT (disk full), which leaves it open
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 def _has_tables(db: sqlite3.Connection) -> bool:

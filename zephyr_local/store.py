@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zephyr_local.atomic import dir_size
-from zephyr_local.errors import ModelNotFoundError
+from zephyr_local.errors import ModelNotFoundError, ZephyrError
 from zephyr_local.safetensors_header import read_header
 
 DEFAULT_REPO = "HuggingFaceH4/zephyr-7b-beta"
@@ -30,7 +30,11 @@ def home_dir() -> Path:
     """The data directory: `ZEPHYR_LOCAL_HOME`, else the checkout, else ~/.local/share."""
     env = os.environ.get("ZEPHYR_LOCAL_HOME")
     if env:
-        return Path(env).expanduser()
+        home = Path(env).expanduser()
+        if home.exists() and not home.is_dir():
+            raise ZephyrError(f"ZEPHYR_LOCAL_HOME={env}: not a directory; point it at a "
+                              "directory (it is created if missing)")
+        return home
     if (_CHECKOUT_ROOT / "pyproject.toml").exists() and (_CHECKOUT_ROOT / "models").is_dir():
         return _CHECKOUT_ROOT
     return Path.home() / ".local" / "share" / "zephyr-local"
@@ -94,6 +98,7 @@ def resolve_model(arg: str | os.PathLike | None, store: Path | None = None) -> P
         hint = f"run `zephyr-local pull {arg}`"
     else:
         hint = "check the path, or list local models with `zephyr-local models`"
+    tried = list(dict.fromkeys(tried))  # an absolute path is its own store entry
     raise ModelNotFoundError(f"model {arg!r} not found (tried {', '.join(tried)}): {hint}")
 
 
@@ -131,11 +136,17 @@ class ModelInfo:
 
 
 def model_info(path: Path) -> ModelInfo:
-    """Size, dtype and quantization of a model directory, read from headers only."""
+    """Size, dtype and quantization of a model directory, read from headers only.
+
+    `error` says why a directory cannot be loaded (another architecture, pickle
+    weights, a broken config): the same checks as loading it.
+    """
+    from zephyr_local.loading import check_model_dir
+
     size = dir_size(path)
     info = ModelInfo(path.name, path, size, "?", source=read_source(path).get("repo_id"))
     try:
-        config = json.loads((path / "config.json").read_text())
+        config = check_model_dir(path)
         quant = config.get("quantization") or {}
         info.bits, info.group_size = quant.get("bits"), quant.get("group_size")
         dtypes: Counter = Counter()

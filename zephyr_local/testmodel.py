@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from zephyr_local.atomic import atomic_dir
+from zephyr_local.atomic import atomic_dir, check_writable
 from zephyr_local.errors import ZephyrError
 
 TOKENIZER_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
@@ -137,6 +137,7 @@ def create_test_model(
     out = Path(out)
     if out.exists() and not force:
         raise ZephyrError(f"{out} already exists: pass --force to replace it")
+    check_writable(out.parent)
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ZephyrError(f"dtype {dtype!r} is not one of float32, float16, bfloat16")
     config = tiny_config(**dims)
@@ -193,6 +194,7 @@ def create_full_size_test_model(
     out = Path(out)
     if out.exists() and not force:
         raise ZephyrError(f"{out} already exists: pass --force to replace it")
+    check_writable(out.parent)
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ZephyrError(f"dtype {dtype!r} is not one of float32, float16, bfloat16")
     config = {**ZEPHYR_CONFIG, "torch_dtype": dtype}

@@ -13,7 +13,7 @@ from pathlib import Path
 from mlx.utils import tree_unflatten
 
 from zephyr_local import loading
-from zephyr_local.atomic import atomic_dir
+from zephyr_local.atomic import atomic_dir, check_writable
 from zephyr_local.errors import ZephyrError
 from zephyr_local.train.lora import load_adapter_into
 
@@ -34,6 +34,7 @@ def fuse(model_path: Path, adapter: Path, out: Path, bits: int | None = None,
         raise ZephyrError(f"{out} already exists: pass --force to replace it")
     if bits is not None and bits not in (2, 3, 4, 5, 6, 8):
         raise ZephyrError(f"--bits {bits}: choose 2, 3, 4, 5, 6 or 8")
+    check_writable(out.parent)
     loaded = loading.load(Path(model_path))
     model, config = loaded.model, dict(loaded.config)
     load_adapter_into(model, Path(adapter))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from zephyr_local.atomic import write_via as atomic_write_bytes
+from zephyr_local.atomic import writing
+from zephyr_local.errors import ZephyrError
 
 
 class MetricsLog:
@@ -15,9 +18,20 @@ class MetricsLog:
         self.path = Path(path)
 
     def append(self, record: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_NOFOLLOW: a symlink planted as metrics.jsonl must not redirect the appends
+            # out of the run directory (truncate_after replaces it instead of following it).
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+            try:
+                fd = os.open(self.path, flags, 0o644)
+            except OSError as exc:
+                if self.path.is_symlink():
+                    raise ZephyrError(f"{self.path}: is a symlink; refusing to append through "
+                                      "it (remove it)") from None
+                raise exc
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict]:
         if not self.path.exists():

@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from zephyr_local import loading, store
+from zephyr_local.atomic import check_writable
 from zephyr_local.errors import ZephyrError
 from zephyr_local.train import checkpoint as ckpt
 from zephyr_local.train.config import TrainConfig
@@ -115,12 +116,15 @@ class _Run:
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
-    if resume:
-        return
-    if (out / "metrics.jsonl").exists() or ckpt.checkpoints_dir(out).exists():
-        raise ZephyrError(f"{out} already holds a training run: pass --resume to continue it, "
-                          "or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    """Refuse an unwritable --out, or one holding a run to continue, before any work.
+
+    Nothing is created here: a run that fails on its data leaves no empty directory.
+    """
+    check_writable(out)
+    if resume or ckpt.latest_checkpoint(out) is None:
+        return  # a run stopped before its first checkpoint has nothing to keep: start over
+    raise ZephyrError(f"{out} already holds a training run: pass --resume to continue it, "
+                      "or choose another --out")
 
 
 def load_run_config(out: Path) -> dict:
@@ -184,6 +188,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, models_dir=None, cache_dir=No
     log = MetricsLog(out / "metrics.jsonl")
     start = _restore(r, optimizer, log) if resume else 0
     if not resume:
+        log.truncate_after(0)  # the steps of a run stopped before its first checkpoint
         text = json.dumps(cfg.to_dict(), indent=2)
         atomic_write_bytes(out / RUN_CONFIG, lambda p: Path(p).write_text(text))
     result = RunResult(out, start, plan.total_steps, reference_from_cache=hit,
@@ -201,8 +206,9 @@ def run(cfg: TrainConfig, *, resume: bool = False, models_dir=None, cache_dir=No
 
 def _restore(r: _Run, optimizer, log: MetricsLog) -> int:
     path = ckpt.latest_checkpoint(r.out)
-    if path is None:
-        raise ZephyrError(f"{r.out}: no checkpoint to resume from")
+    if path is None:  # stopped before its first checkpoint: the same run from step 0
+        log.truncate_after(0)
+        return 0
     state = ckpt.load_checkpoint(path, r.model, optimizer)
     total = make_plan(r.cfg, len(r.train)).total_steps
     if state["step"] >= total:

@@ -75,6 +75,11 @@ class ChatApp(HistoryMixin, App):
         self.last_final = None  # the final Response record of the last reply
         self._init_history()
 
+    def notify(self, message: str, *, markup: bool = False, **kwargs) -> None:
+        """Notices carry user and model text (`/[/]`, a path with `[`): plain by default,
+        since Textual would parse them as markup and raise MarkupError."""
+        super().notify(message, markup=markup, **kwargs)
+
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
             yield HistorySidebar(id="sidebar", classes="hidden")

@@ -15,9 +15,11 @@ from rich.text import Text
 
 from zephyr_local import store
 from zephyr_local.atomic import write_text
-from zephyr_local.history import History, HistoryError, StoredMessage
+from zephyr_local.errors import ZephyrError
+from zephyr_local.history import HistoryError, StoredMessage
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.tui.generation import clean_for_display
+from zephyr_local.tui.guarded_history import GuardedHistory
 from zephyr_local.tui.text_screen import TextEditScreen
 from zephyr_local.tui.widgets.message import MessageView
 from zephyr_local.tui.widgets.sidebar import HistorySidebar
@@ -27,7 +29,7 @@ class HistoryMixin:
     """Mixed into ChatApp: conversation state that lives in the history database."""
 
     def _init_history(self) -> None:
-        self.history: History | None = None
+        self.history: GuardedHistory | None = None
         self.conversation_id: int | None = None
         self.system_prompt: str | None = None
         self.options: SamplingOptions = self.config.options
@@ -35,9 +37,19 @@ class HistoryMixin:
 
     def _open_history(self) -> None:
         try:
-            self.history = History(self.config.history_path)
+            self.history = GuardedHistory(self.config.history_path, self._history_problem)
         except HistoryError as exc:
             self.notify(f"{exc}. Conversations will not be saved.", severity="error", timeout=30)
+
+    def _history_problem(self, reason: str | None) -> None:
+        """The database stopped (or resumed) taking changes: say so, keep chatting."""
+        if reason is None:
+            self.notify("History is being saved again.")
+            return
+        retry = ("This chat is kept in memory (/export saves it)." if self.history.damaged
+                 else "Everything is kept in memory and saved when it works again.")
+        self.notify(f"History is not being saved: {reason}. {retry}", severity="warning",
+                    timeout=20)
 
     def _close_history(self) -> None:
         if self.history is not None:
@@ -65,6 +77,7 @@ class HistoryMixin:
             self.conversation_id = self.history.create(
                 system_prompt=self.system_prompt, sampling=asdict(self.options), model=model)
         self.history.append(self.conversation_id, message)
+        self.conversation_id = self.history.resolve(self.conversation_id)
         self.call_later(self.refresh_sidebar)
 
     def truncate_messages(self, keep: int) -> None:
@@ -96,6 +109,8 @@ class HistoryMixin:
         if self.generating:
             self.notify("Stop the reply (Esc) first.", severity="warning")
             return
+        if conversation_id == self.conversation_id:
+            return  # already on screen, with changes the database may not have yet
         conv = self.history.get(conversation_id) if self.history else None
         if conv is None:
             self.notify("That conversation no longer exists.", severity="error")
@@ -170,23 +185,43 @@ class HistoryMixin:
 
     def action_export(self, target: str | None = None) -> None:
         """Write the conversation as Markdown and/or JSON (`{"messages": [...]}`)."""
-        if self.history is None or self.conversation_id is None:
+        exported = self._export_texts()
+        if exported is None:
             self.notify("Nothing to export yet.", severity="warning")
             return
-        if target:
-            path = Path(target).expanduser()
-            paths = [path]
-        else:
-            base = store.home_dir() / "exports" / f"chat-{self.conversation_id}"
-            paths = [base.with_suffix(".md"), base.with_suffix(".json")]
+        data, markdown = exported
         try:
+            if target:
+                paths = [Path(target).expanduser()]
+            else:
+                name = f"chat-{self.conversation_id or 'unsaved'}"
+                base = store.home_dir() / "exports" / name
+                paths = [base.with_suffix(".md"), base.with_suffix(".json")]
             for path in paths:
                 if path.suffix.lower() == ".json":
-                    data = self.history.export_json(self.conversation_id)
                     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
                 else:
-                    write_text(path, self.history.export_markdown(self.conversation_id))
-        except OSError as exc:
+                    write_text(path, markdown)
+        except (OSError, ZephyrError) as exc:
             self.notify(f"Export failed: {exc}", severity="error")
             return
         self.notify("Exported to " + ", ".join(str(p) for p in paths))
+
+    def _export_texts(self) -> tuple[dict, str] | None:
+        """The conversation as JSON data and Markdown: from the database when it holds all
+        of it, else from the screen (while the database fails, the screen is the record)."""
+        h, cid = self.history, self.conversation_id
+        if h is not None and cid is not None and cid > 0 and not h.pending and not h.damaged:
+            data, markdown = h.export_json(cid), h.export_markdown(cid)
+            if data is not None and markdown is not None:
+                return data, markdown
+        views = self.views()
+        if not views:
+            return None
+        parts = ["# Conversation\n"]
+        if self.system_prompt:
+            parts.append(f"**System:**\n\n{self.system_prompt}\n")
+        for v in views:
+            note = " (stopped)" if v.finish_reason == "cancelled" else ""
+            parts.append(f"**{v.role.capitalize()}{note}:**\n\n{v.content}\n")
+        return {"messages": self.chat_messages()}, "\n".join(parts)

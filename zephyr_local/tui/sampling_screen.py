@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -64,7 +65,7 @@ class SamplingScreen(ModalScreen[SamplingOptions | None]):
             }
             options = replace(self.options, **values).validate()
         except ZephyrError as exc:
-            self.query_one("#sampling-error", Label).update(str(exc))
+            self.query_one("#sampling-error", Label).update(Text(str(exc)))
             return
         self.dismiss(options)
 
