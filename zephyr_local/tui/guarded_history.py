@@ -31,11 +31,11 @@ class GuardedHistory:
 
     Args:
         path: the database (None: the default location).
-        on_problem: called with a short reason when saving stops, and with None when
-            it works again.
+        on_problem: called as `on_problem(reason, damaged)` when saving stops (damaged:
+            for good), and `on_problem(None, False)` when it works again.
     """
 
-    def __init__(self, path: str | Path | None, on_problem: Callable[[str | None], None]):
+    def __init__(self, path: str | Path | None, on_problem: Callable[[str | None, bool], None]):
         self.on_problem = on_problem
         self.problem: str | None = None
         self.damaged = False
@@ -105,7 +105,7 @@ class GuardedHistory:
             return False
         if self.problem is not None:
             self.problem = None
-            self.on_problem(None)
+            self.on_problem(None, False)
         return True
 
     def _failed(self, exc: sqlite3.Error) -> None:
@@ -115,13 +115,13 @@ class GuardedHistory:
         reason = str(exc)
         if reason != self.problem:
             self.problem = reason
-            self.on_problem(reason)
+            self.on_problem(reason, False)
 
     def _give_up(self, reason: str) -> None:
         """Close a damaged database: nothing more is read from or written to it."""
         self.damaged, self.problem = True, reason
         self.db.close()
-        self.on_problem(reason + "; it is left untouched")
+        self.on_problem(reason + "; it is left untouched", True)
 
     def close(self) -> None:
         """A last try at the queued changes, then close."""

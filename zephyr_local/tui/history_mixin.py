@@ -41,12 +41,12 @@ class HistoryMixin:
         except HistoryError as exc:
             self.notify(f"{exc}. Conversations will not be saved.", severity="error", timeout=30)
 
-    def _history_problem(self, reason: str | None) -> None:
+    def _history_problem(self, reason: str | None, damaged: bool) -> None:
         """The database stopped (or resumed) taking changes: say so, keep chatting."""
         if reason is None:
             self.notify("History is being saved again.")
             return
-        retry = ("This chat is kept in memory (/export saves it)." if self.history.damaged
+        retry = ("This chat is kept in memory (/export saves it)." if damaged
                  else "Everything is kept in memory and saved when it works again.")
         self.notify(f"History is not being saved: {reason}. {retry}", severity="warning",
                     timeout=20)
