@@ -87,7 +87,7 @@ def _conversation(value, name: str) -> list[dict]:
     try:
         return validate(value)
     except ZephyrError as exc:
-        raise RowError(f"{name}: {exc}") from None
+        raise RowError(f"bad {name} conversation: {exc}") from None
 
 
 def _check_order(messages: list[dict], name: str, last: str) -> None:
@@ -182,9 +182,11 @@ def _decode_row(line: str) -> dict:
         raise RowError(f"row too long ({len(line):,} characters; the limit is "
                        f"{MAX_ROW_CHARS:,}): split it or cut it down")
     try:
-        row = json.loads(line)
+        row = json.loads(line.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
-        raise RowError(f"invalid JSON ({exc.msg}, column {exc.colno})") from None
+        # json's "Unterminated string starting at" already ends with "at"
+        what = exc.msg.removesuffix(" at")
+        raise RowError(f"invalid JSON ({what} at column {exc.colno})") from None
     if not isinstance(row, dict):
         raise RowError(f"expected a JSON object, not {type(row).__name__}")
     # Only a \u escape can smuggle a lone surrogate in: the file itself decoded as UTF-8.
