@@ -196,10 +196,10 @@ async def test_damaged_at_start_runs_in_memory(engine, tmp_path):
 async def test_markup_in_typed_text(engine, tmp_path, text):
     app = make_app(engine, tmp_path)
     notes = _record_notices(app)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         await type_and_send(pilot, text)
-        await pilot.pause(0.1)
-        assert app.is_running
+        await pilot.pause(0.3)  # the notice's toast is rendered
+        assert app.is_running and app.return_code is None
         if text.startswith("/"):
             assert any(text.split()[0] in n for n in notes), notes  # shown as typed
         else:
@@ -209,11 +209,12 @@ async def test_markup_in_typed_text(engine, tmp_path, text):
 async def test_export_to_a_path_with_brackets(engine, tmp_path):
     app = make_app(engine, tmp_path)
     notes = _record_notices(app)
-    target = tmp_path / "[chat] 1.md"
-    async with app.run_test(size=SIZE) as pilot:
+    target = tmp_path / "a[" / "]b.md"  # the notice names ".../a[/]b.md": a closing tag
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         await type_and_send(pilot, "hi")
         app.query_one("#prompt").text = f"/export {target}"
         await pilot.press("enter")
         await wait_until(pilot, lambda: any("Exported" in n for n in notes))
-        assert app.is_running and str(target) in notes[-1]
+        await pilot.pause(0.3)
+        assert app.is_running and app.return_code is None and str(target) in notes[-1]
     assert "hi" in target.read_text()
