@@ -9,6 +9,7 @@ database receives them in order once it works again (or, when damaged, never).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -17,8 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_chat_app import make_app, type_and_send, wait_until
+
 from zephyr_local.history import History, StoredMessage
 
 SIZE = (100, 30)
@@ -70,7 +71,7 @@ async def test_lock_held_by_another_process(engine, tmp_path):
     notes = _record_notices(app)
     async with app.run_test(size=SIZE) as pilot:
         await type_and_send(pilot, "before the lock")
-        locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db)],
+        locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db)],  # noqa: ASYNC220
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert locker.stdout.readline().strip() == "locked"
@@ -97,7 +98,7 @@ def read_only_db(tmp_path):
     immutable = False
     if os.access(db, os.W_OK):  # root ignores permissions: make it immutable instead
         if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(db)],
-                                                        capture_output=True).returncode:
+                                                        capture_output=True, check=False).returncode:
             pytest.skip("cannot make a file read-only for this user")
         immutable = True
     yield db
@@ -171,8 +172,6 @@ async def test_damaged_database_is_never_written(engine, tmp_path):
         await pilot.press("enter")
         await wait_until(pilot, out.exists)
     assert _digest(db) == damaged
-    import json
-
     assert [m["content"] for m in json.loads(out.read_text())["messages"]][::2] == [
         "before", "after the damage", "and more"]
 

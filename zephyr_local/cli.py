@@ -441,10 +441,15 @@ def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) ->
     models_dir = ctx.obj.get("models_dir") if ctx.obj else None
     config = ChatConfig(model=model, adapter=adapter, models_dir=models_dir, system_prompt=system,
                         options=options, context_budget=context_budget, history_path=history_path)
-    if ChatApp(config).run() != "pull":
-        return
-    _pull_default_model(ctx)
-    ChatApp(config).run()
+    app = ChatApp(config)
+    if app.run() == "pull":
+        _pull_default_model(ctx)
+        app = ChatApp(config)
+        app.run()
+    history = app.history
+    if history is not None and history.pending:
+        click.secho(f"Warning: {history.pending} change(s) of this chat could not be saved to "
+                    f"{history.path} ({history.problem}).", err=True, fg="yellow")
 
 
 def _pull_default_model(ctx: click.Context) -> None:

@@ -25,11 +25,11 @@ class MetricsLog:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
             try:
                 fd = os.open(self.path, flags, 0o644)
-            except OSError as exc:
+            except OSError:
                 if self.path.is_symlink():
                     raise ZephyrError(f"{self.path}: is a symlink; refusing to append through "
                                       "it (remove it)") from None
-                raise exc
+                raise
             with os.fdopen(fd, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
