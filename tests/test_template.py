@@ -102,7 +102,7 @@ def test_rendered_reference_example():
     "messages, fragment",
     [
         ([], "empty"),
-        ("hello", "empty"),
+        ("hello", "expected a list of messages, not str"),
         ([{"role": "user", "content": "hi"}, {"role": "tool", "content": "x"}], "message 1: unknown role 'tool'"),
         ([{"role": "user", "content": ["a"]}], "message 0: content must be a string, not list"),
         ([{"role": "user", "content": "a"}, {"role": "assistant"}], "message 1: content must be a string"),

@@ -180,7 +180,9 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(test_model, tmp_path, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ck.mx, "save_safetensors", full)
-    with pytest.raises(OSError):
+    from zephyr_local.atomic import WriteError
+
+    with pytest.raises(WriteError, match="step-000002: cannot write"):
         ck.save_checkpoint(tmp_path, model, opt, {"step": 2})
     latest = ck.latest_checkpoint(tmp_path)
     assert latest.name == "step-000001"
