@@ -115,7 +115,7 @@ def print_quantize_report(r) -> None:
 
 
 def print_models(rows, title: str) -> None:
-    """The `models` table: name, size, dtype, quantization, bits per weight, path."""
+    """The `models` table: name, size, dtype, quantization, bits per weight, source."""
     from rich.console import Console
     from rich.table import Table
 
@@ -123,9 +123,9 @@ def print_models(rows, title: str) -> None:
     table.add_column("name", no_wrap=True)
     for col in ("size", "dtype", "quant", "bits/w"):
         table.add_column(col)
-    table.add_column("path", overflow="fold")
+    table.add_column("source", overflow="fold")
     for r in rows:
         quant = f"{r.bits}-bit g{r.group_size}" if r.bits else "-"
         bpw = f"{r.bits_per_weight:.2f}" if r.bits_per_weight else "?"
-        table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, quant, bpw, str(r.path))
+        table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, quant, bpw, r.source or "local")
     Console().print(table)

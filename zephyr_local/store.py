@@ -144,7 +144,9 @@ def model_info(path: Path) -> ModelInfo:
     from zephyr_local.loading import check_model_dir
 
     size = dir_size(path)
-    info = ModelInfo(path.name, path, size, "?", source=read_source(path).get("repo_id"))
+    record = read_source(path)
+    source = record.get("repo_id") or record.get("imported_from")
+    info = ModelInfo(path.name, path, size, "?", source=str(source) if source else None)
     try:
         config = check_model_dir(path)
         quant = config.get("quantization") or {}
