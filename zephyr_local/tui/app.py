@@ -270,7 +270,6 @@ class ChatApp(HistoryMixin, App):
     async def _reply_failed(self, view: MessageView, stream, exc: Exception) -> None:
         await stream.stop()
         await view.remove()
-        self.generating = False
         views = self.views()
         if views and views[-1].role == "user":  # give the message back to edit and resend
             last = views[-1]
@@ -279,6 +278,7 @@ class ChatApp(HistoryMixin, App):
             prompt = self.query_one(PromptInput)
             prompt.text = last.content
             prompt.move_cursor(prompt.document.end)
+        self.generating = False  # only now: a send in between would race the removals
         self.notify(f"Generation failed: {exc}", severity="error", timeout=10)
 
     def _mark_dropped(self, dropped_turns: int) -> None:
