@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 from zephyr_local import retrieval
 from zephyr_local.errors import ContextOverflowError
