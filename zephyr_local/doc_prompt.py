@@ -144,3 +144,21 @@ def choose(hits: Sequence[retrieval.Hit], room: int) -> list[retrieval.Hit]:
             chosen.append(hit)
             left -= cost
     return chosen
+
+
+def one_shot(tokenizer, messages: Sequence[dict], paths: Sequence[str], budget: int,
+             max_tokens: int) -> tuple[PromptPlan, list]:
+    """`generate --attach`: read the files into a private index and plan the prompt.
+    Returns the plan and the documents (documents.Document) read."""
+    from zephyr_local import documents
+
+    db = retrieval.memory_index()
+    stored = []
+    for path in paths:
+        doc = documents.read(path, tokenizer)
+        doc_id = retrieval.add(db, None, doc, documents.split(doc.text, tokenizer))
+        stored.append(retrieval.StoredDocument(doc_id, doc))
+    try:
+        return plan(tokenizer, messages, budget, max_tokens, db, stored), [s.document for s in stored]
+    finally:
+        db.close()

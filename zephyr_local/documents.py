@@ -138,8 +138,9 @@ def split(text: str, tokenizer, size: int = PASSAGE_CHARS,
 
     A heading always starts a passage; paragraphs join until the next would pass
     `size`; a paragraph longer than twice `size` is cut at a line end (a single
-    line longer than `size`, every `size` characters). The last lines of each passage, up to
-    `overlap` characters, open the next one of the same section.
+    line longer than `size`, every `size` characters). The last lines of each
+    passage, up to `overlap` characters (or its last paragraph-long line), open
+    the next one of the same section.
     """
     pieces = _pieces(text.split("\n"), size)
     passages: list[tuple[int, int, str | None, list[str]]] = []
@@ -157,7 +158,7 @@ def split(text: str, tokenizer, size: int = PASSAGE_CHARS,
             current, heading = [], line.lstrip("#").strip()
         elif current and (starts_block and grown > size or grown > 2 * size):
             close()
-            current = _tail(current, overlap)
+            current = _tail(current, overlap, size // 2)
         current.append((number, line))
     close()
     texts = ["\n".join(lines).strip("\n") for *_, lines in passages]
@@ -181,7 +182,12 @@ def _length(lines: list[tuple[int, str]]) -> int:
     return sum(len(t) + 1 for _, t in lines)
 
 
-def _tail(lines: list[tuple[int, str]], overlap: int) -> list[tuple[int, str]]:
+def _tail(lines: list[tuple[int, str]], overlap: int, longest: int) -> list[tuple[int, str]]:
+    """The last lines to repeat: up to `overlap` characters, or else the last
+    non-blank line if it is at most `longest` (a paragraph written as one line)."""
+    content = [i for i, item in enumerate(lines) if item[1].strip()]
+    if not overlap or not content:
+        return []
     tail: list[tuple[int, str]] = []
     for item in reversed(lines):
         if _length(tail) + len(item[1]) > overlap:
@@ -189,6 +195,8 @@ def _tail(lines: list[tuple[int, str]], overlap: int) -> list[tuple[int, str]]:
         tail.insert(0, item)
     while tail and not tail[0][1].strip():
         tail.pop(0)
+    if not tail and len(lines[content[-1]][1]) <= longest:
+        tail = lines[content[-1]:]
     return tail
 
 
