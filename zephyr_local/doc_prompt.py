@@ -90,12 +90,20 @@ def plan(tokenizer, messages: Sequence[dict], budget: int, max_tokens: int,
     if not docs:
         fitted = fit_to_budget(tokenizer, messages, budget, reserve)
         return PromptPlan(fitted.ids, fitted.messages, "none", reserve, fitted.dropped_turns)
-    system, turns = _split_system(messages)
-    whole = system + [documents_turn([d.document for d in docs])] + turns
-    ids = encode(tokenizer, whole)
-    if len(ids) + reserve <= budget:
-        return PromptPlan(ids, whole, "whole", reserve)
+    whole = whole_prompt(tokenizer, messages, [d.document for d in docs], budget, reserve)
+    if whole is not None:
+        return PromptPlan(encode(tokenizer, whole), whole, "whole", reserve)
     return _retrieve(tokenizer, messages, budget, reserve, db, docs)
+
+
+def whole_prompt(tokenizer, messages: Sequence[dict], docs: Sequence, budget: int,
+                 reserve: int) -> list[dict] | None:
+    """The conversation with the documents quoted whole, or None if that does not fit."""
+    if sum(d.tokens for d in docs) + reserve >= budget:
+        return None  # no need to encode a large document set to know
+    system, turns = _split_system(list(messages))
+    whole = system + [documents_turn(docs)] + turns
+    return whole if len(encode(tokenizer, whole)) + reserve <= budget else None
 
 
 def _retrieve(tokenizer, messages, budget, reserve, db, docs) -> PromptPlan:

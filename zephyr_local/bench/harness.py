@@ -110,8 +110,13 @@ def _case_fns() -> dict[str, Callable]:
             return CaseResult("quantize 7B", skipped="full mode only (writes a 14.5 GB checkpoint)")
         return quantize_case(cache_dir())
 
+    def docs(engine, model, s, run):
+        from zephyr_local.bench.retrieval import retrieval_case
+
+        return retrieval_case(engine, repeats=s["repeats"])
+
     return {"generation": gen, "multiturn": multi, "chat-ui": chat, "quantize": quant,
-            "hardware": hw, "blas": cpu_blas, "dpo": dpo}
+            "hardware": hw, "blas": cpu_blas, "dpo": dpo, "retrieval": docs}
 
 
 def cache_dir() -> Path:

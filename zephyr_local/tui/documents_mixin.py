@@ -8,11 +8,12 @@ read and indexed again, a missing one keeps the copy stored with the chat.
 
 from __future__ import annotations
 
+import asyncio
+
 from rich.text import Text
 
 from zephyr_local import doc_prompt, documents, retrieval
 from zephyr_local.documents import DocumentError
-from zephyr_local.template import encode
 from zephyr_local.tui.attach_screen import AttachScreen
 from zephyr_local.tui.widgets.chips import DocumentChips
 
@@ -49,8 +50,8 @@ class DocumentsMixin:
             self.notify("The model is still loading (its tokenizer sizes documents).",
                         severity="warning")
             return False
-        try:
-            doc = documents.read(path, self.engine.tokenizer)
+        try:  # off the UI thread: a few MB take seconds to tokenize
+            doc, passages = await asyncio.to_thread(self._read_and_split, path)
         except DocumentError as exc:
             self.notify(Text(str(exc)), title="Not attached", severity="error", timeout=10)
             return False
@@ -58,13 +59,16 @@ class DocumentsMixin:
             if stored.document.path == doc.path:  # attaching again: the file as it is now
                 retrieval.remove(self._documents_db(), stored.id)
                 self.attached.remove(stored)
-        passages = documents.split(doc.text, self.engine.tokenizer)
         conversation = self.ensure_conversation()
         doc_id = retrieval.add(self._documents_db(), conversation, doc, passages)
         self.attached.append(retrieval.StoredDocument(doc_id, doc))
         await self.show_documents()
         self.notify(Text(f"Attached {doc.name} ({doc.tokens} tokens, {len(passages)} passages)."))
         return True
+
+    def _read_and_split(self, path: str):
+        doc = documents.read(path, self.engine.tokenizer)
+        return doc, documents.split(doc.text, self.engine.tokenizer)
 
     async def action_detach(self, name: str = "") -> None:
         """`/detach NAME` (or a number, or `all`); alone, with one document attached, that one."""
@@ -143,12 +147,11 @@ class DocumentsMixin:
         if self.engine is None or self.session is None:
             return "whole"
         messages = self.chat_messages() + [{"role": "user", "content": ""}]
-        system = [m for m in messages if m["role"] == "system"]
-        whole = system + [doc_prompt.documents_turn([d.document for d in self.attached])] + [
-            m for m in messages if m["role"] != "system"]
-        reserve = doc_prompt.reply_reserve(self.session.context_budget, self.options.max_tokens)
-        fits = len(encode(self.engine.tokenizer, whole)) + reserve <= self.session.context_budget
-        return "whole" if fits else "passages"
+        budget = self.session.context_budget
+        reserve = doc_prompt.reply_reserve(budget, self.options.max_tokens)
+        whole = doc_prompt.whole_prompt(self.engine.tokenizer, messages,
+                                        [d.document for d in self.attached], budget, reserve)
+        return "passages" if whole is None else "whole"
 
     def documents_tokens(self) -> int:
         """What the documents add to the context before the next question."""
