@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_chat_app import GREEDY, SIZE, make_app, reference_reply, type_and_send, wait_until
 
@@ -9,6 +11,7 @@ from zephyr_local.engine import common_prefix_len
 from zephyr_local.history import History
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.template import encode
+from zephyr_local.tui.confirm_screen import ConfirmScreen
 from zephyr_local.tui.text_screen import TextEditScreen
 from zephyr_local.tui.widgets.prompt import PromptInput
 
@@ -94,3 +97,28 @@ async def test_edit_adds_a_version_and_switching_back_restores_the_later_turns(e
             assert len(tree) == 6 and len(history.messages(app.conversation_id)) == 2
         finally:
             history.close()
+
+
+@pytest.mark.asyncio
+async def test_export_asks_before_overwriting_and_can_write_every_branch(engine, tmp_path):
+    target = tmp_path / "chat.json"
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await type_and_send(pilot, "Hello there")
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: not app.generating)
+        target.write_text("keep me")
+        app.query_one(PromptInput).text = f"/export {target} --all-branches"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await pilot.pause()
+        assert target.read_text() == "keep me"
+        app.action_export(f"--all-branches {target}")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_until(pilot, lambda: target.read_text() != "keep me")
+        data = json.loads(target.read_text())
+        assert data["messages"] == [{"role": v.role, "content": v.content} for v in app.views()]
+        assert [m["role"] for m in data["tree"]] == ["user", "assistant", "assistant"]
+        assert data["tree"][1]["parent_id"] == data["tree"][2]["parent_id"] == data["tree"][0]["id"]

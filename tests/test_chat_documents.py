@@ -6,7 +6,8 @@ import pytest
 from test_chat_app import GREEDY, SIZE, make_app, type_and_send, wait_until
 from test_documents import independent_ranking, long_markdown
 
-from zephyr_local.history import History
+from zephyr_local import documents, retrieval
+from zephyr_local.history import History, StoredMessage
 from zephyr_local.tui.widgets.chips import DocumentChips
 from zephyr_local.tui.widgets.prompt import PromptInput
 
@@ -148,3 +149,26 @@ async def test_attach_dialog_completes_the_path(engine, tmp_path, monkeypatch):
         await wait_until(pilot, lambda: bool(app.attached))
         assert app.attached[0].document.path == str(tmp_path / "docs" / "report-2026.md")
         assert chip_texts(app)[0].startswith("📄 report-2026.md · ")
+
+
+def test_snapshot_documents_and_versions(snap_compare, engine, tmp_path):
+    manual = tmp_path / "manual.md"
+    manual.write_text(long_markdown(sections=20))
+    history = History(tmp_path / "history.sqlite")
+    cid = history.create()
+    doc = documents.read(manual, engine.tokenizer)
+    retrieval.add(history.db, cid, doc, documents.split(doc.text, engine.tokenizer))
+    question = history.append(cid, StoredMessage("user", "What does section 17 say about xray?"))
+    history.append(cid, StoredMessage("assistant", "It does not say.", "stop"))
+    history.set_leaf(cid, question)
+    sources = [{"file": "manual.md", "start_line": 171, "end_line": 175}]
+    history.append(cid, StoredMessage("assistant", "Section 17 tells of **xray** facts "
+                                      "(number 1702).", "stop", sources=sources))
+    history.close()
+
+    async def resume(pilot):
+        await pilot.app.open_conversation(cid)
+        await pilot.pause()
+
+    app = make_app(engine, tmp_path, context_budget=2048)
+    assert snap_compare(app, terminal_size=SIZE, run_before=resume)

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.containers import Horizontal
 from textual.widgets import Label
 
-MODE_NOTES = {"whole": "quoted whole", "passages": "too big to quote whole: best passages per question"}
+MODE_NOTES = {"whole": "quoted whole", "passages": "too big to quote: best passages per question"}
 
 
 def token_size(tokens: int) -> str:
