@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from itertools import pairwise
 
 import pytest
 
 from zephyr_local import doc_prompt, documents, retrieval
 from zephyr_local.documents import DocumentError
 
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
-         "november oscar papa quebec romeo sierra tango uniform victor whiskey xray").split()
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+         "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
+         "sierra", "tango", "uniform", "victor", "whiskey", "xray"]
 
 
 def long_markdown(sections: int = 12, paragraphs: int = 4) -> str:
@@ -86,7 +88,7 @@ def test_passages_follow_headings_overlap_and_name_their_lines(engine):
     starts = [p for p in passages if p.text.startswith("## ")]
     assert len(starts) == 3  # every heading opens a passage, and names the ones after it
     assert all(p.heading and p.heading.startswith("Section") for p in passages)
-    same_section = [(a, b) for a, b in zip(passages, passages[1:]) if b.heading == a.heading]
+    same_section = [(a, b) for a, b in pairwise(passages) if b.heading == a.heading]
     assert same_section and all(b.start_line <= a.end_line for a, b in same_section)  # overlap
     covered = {n for p in passages for n in range(p.start_line, p.end_line + 1)}
     assert covered >= {i + 1 for i, line in enumerate(lines) if line.strip()}
@@ -166,3 +168,44 @@ def test_plan_retrieves_the_best_passages_within_the_budget(engine):
     quoted = plan.messages[-2]["content"]  # the passages' turn, right before the question
     assert all(f'lines="{p.start_line}-{p.end_line}">\n{p.text}\n</passage>' in quoted
                for p in expected)
+
+
+def test_generate_attach_quotes_or_retrieves_and_lists_the_passages(run_cli, tmp_path,
+                                                                     hf_tokenizer):
+    notes = tmp_path / "notes.md"
+    notes.write_text("The secret word is pelican.\n")
+    args = ["generate", "-m", "zephyr-test", "--temp", "0", "--max-tokens", "4", "--json"]
+    result = run_cli(*args, "--attach", str(notes), "-p", "What is the secret word?")
+    assert result.exit_code == 0, result.output
+    record = run_cli.json_lines(result)[-1]
+    assert record["documents_mode"] == "whole" and record["passages"] == []
+    quoted = ("Attached documents, quoted in full:\n\n<document name=\"notes.md\">\n"
+              "The secret word is pelican.\n</document>")
+    expected = [{"role": "user", "content": quoted},
+                {"role": "user", "content": "What is the secret word?"}]
+    text = hf_tokenizer.apply_chat_template(expected, tokenize=False, add_generation_prompt=True)
+    assert record["prompt_tokens"] == len(hf_tokenizer(text)["input_ids"])
+
+    manual = tmp_path / "manual.md"
+    manual.write_text(long_markdown(sections=20))
+    question = "Which facts mention whiskey?"
+    result = run_cli(*args, "--context-budget", "512", "--attach", str(manual),
+                     "--attach", str(notes), "-p", question)
+    record = run_cli.json_lines(result)[-1]
+    assert record["documents_mode"] == "passages" and record["prompt_tokens"] + 4 <= 512
+    assert [d["file"] for d in record["documents"]] == ["manual.md", "notes.md"]
+    top = record["passages"][0]
+    passages = documents.split(manual.read_text(), hf_tokenizer)
+    best = passages[independent_ranking([p.text for p in passages], question)[0]]
+    assert (top["file"], top["start_line"], top["end_line"]) == (
+        "manual.md", best.start_line, best.end_line)
+    assert top["heading"] == best.heading and best.text.startswith(top["first_words"][:20])
+
+
+def test_generate_attach_refuses_a_binary_file_in_one_line(run_cli, tmp_path):
+    blob = tmp_path / "model.bin"
+    blob.write_bytes(bytes(range(256)))
+    result = run_cli("generate", "-m", "zephyr-test", "--attach", str(blob), "-p", "Hi")
+    assert result.exit_code != 0
+    assert result.stderr.startswith("Error: ") and "a binary file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output

@@ -16,8 +16,8 @@ The budget split (tokens of `budget`):
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from zephyr_local import retrieval
 from zephyr_local.errors import ContextOverflowError
@@ -158,15 +158,10 @@ def one_shot(tokenizer, messages: Sequence[dict], paths: Sequence[str], budget: 
              max_tokens: int) -> tuple[PromptPlan, list]:
     """`generate --attach`: read the files into a private index and plan the prompt.
     Returns the plan and the documents (documents.Document) read."""
-    from zephyr_local import documents
-
     db = retrieval.memory_index()
-    stored = []
-    for path in paths:
-        doc = documents.read(path, tokenizer)
-        doc_id = retrieval.add(db, None, doc, documents.split(doc.text, tokenizer))
-        stored.append(retrieval.StoredDocument(doc_id, doc))
     try:
-        return plan(tokenizer, messages, budget, max_tokens, db, stored), [s.document for s in stored]
+        stored = [retrieval.add_file(db, None, path, tokenizer) for path in paths]
+        planned = plan(tokenizer, messages, budget, max_tokens, db, stored)
+        return planned, [s.document for s in stored]
     finally:
         db.close()

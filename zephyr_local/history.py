@@ -148,7 +148,7 @@ class History:
         """Conversations, newest first; `search` matches titles and the text of any
         message in any branch (case-insensitive substring, as FTS5's trigram index
         finds it; under 3 characters, too short for trigrams, a scan)."""
-        query = ("SELECT id, title, system_prompt, sampling, model, updated_at FROM conversations c")
+        query = "SELECT id, title, system_prompt, sampling, model, updated_at FROM conversations c"
         args: tuple = ()
         text = search.strip()
         if text:

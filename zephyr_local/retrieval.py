@@ -12,6 +12,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from zephyr_local import documents as _documents
 from zephyr_local.documents import Document, Passage
 
 SCHEMA = """
@@ -99,6 +100,14 @@ def add(db: sqlite3.Connection, conversation_id: int | None, doc: Document,
         raise
     db.execute("COMMIT")
     return doc_id
+
+
+def add_file(db: sqlite3.Connection, conversation_id: int | None, path: str,
+             tokenizer) -> StoredDocument:
+    """Read, cut and store one file (documents.DocumentError if it is refused)."""
+    doc = _documents.read(path, tokenizer)
+    doc_id = add(db, conversation_id, doc, _documents.split(doc.text, tokenizer))
+    return StoredDocument(doc_id, doc)
 
 
 def remove(db: sqlite3.Connection, document_id: int) -> None:

@@ -12,13 +12,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from zephyr_local import doc_prompt, documents, retrieval
+from zephyr_local import doc_prompt, retrieval
 from zephyr_local.bench.common import CaseResult, median, ratio
 
-VOCABULARY = ("cache kernel tensor memory bandwidth latency quantize adapter gradient batch "
-              "token window prompt decode prefill sampler vocabulary layer attention head "
-              "matrix vector shard thread stream buffer queue device metal unified page "
-              "branch merge commit review schema index query ranking passage heading").split()
+VOCABULARY = ["cache", "kernel", "tensor", "memory", "bandwidth", "latency", "quantize",
+              "adapter", "gradient", "batch", "token", "window", "prompt", "decode", "prefill",
+              "sampler", "vocabulary", "layer", "attention", "head", "matrix", "vector", "shard",
+              "thread", "stream", "buffer", "queue", "device", "metal", "unified", "page",
+              "branch", "merge", "commit", "review", "schema", "index", "query", "ranking",
+              "passage", "heading"]
 QUESTIONS = ("How does the prefill latency depend on the window?",
              "What limits memory bandwidth on the device?",
              "Which schema change needs a migration and an index?",
@@ -62,11 +64,7 @@ def retrieval_case(engine, repeats: int = 3, budget: int = 4096,
         paths = document_set(Path(tmp))
         db = retrieval.memory_index()
         t0 = time.perf_counter()
-        stored = []
-        for path in paths:
-            doc = documents.read(path, tokenizer)
-            doc_id = retrieval.add(db, None, doc, documents.split(doc.text, tokenizer))
-            stored.append(retrieval.StoredDocument(doc_id, doc))
+        stored = [retrieval.add_file(db, None, str(path), tokenizer) for path in paths]
         index_s = time.perf_counter() - t0
     ours, ranks, like = [], [], []
     used = 0
@@ -87,7 +85,8 @@ def retrieval_case(engine, repeats: int = 3, budget: int = 4096,
     details = {"bytes": sum(d.document.size for d in stored), "files": len(stored),
                "tokens": sum(d.document.tokens for d in stored), "passages": n_passages,
                "index_s": round(index_s, 3), "rank_ms": round(median(ranks) * 1e3, 2),
-               "plan_ms": round(median(ours) * 1e3, 2), "like_scan_ms": round(median(like) * 1e3, 2),
+               "plan_ms": round(median(ours) * 1e3, 2),
+               "like_scan_ms": round(median(like) * 1e3, 2),
                "passages_used": used, "budget": budget, "max_tokens": max_tokens,
                "reply_reserve": doc_prompt.reply_reserve(budget, max_tokens),
                "passage_room": (budget - doc_prompt.reply_reserve(budget, max_tokens)) // 2}

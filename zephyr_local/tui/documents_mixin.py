@@ -84,8 +84,8 @@ class DocumentsMixin:
         else:
             chosen = list(self.attached) if len(self.attached) == 1 else []
         if not chosen:
-            self.notify(Text(f"Detach which one? /detach NAME, a number, or all ({', '.join(names)})"),
-                        severity="warning")
+            self.notify(Text(f"Detach which one? /detach NAME, a number, or all "
+                             f"({', '.join(names)})"), severity="warning")
             return
         for stored in chosen:
             retrieval.remove(self._documents_db(), stored.id)
