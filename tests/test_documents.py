@@ -209,3 +209,36 @@ def test_generate_attach_refuses_a_binary_file_in_one_line(run_cli, tmp_path):
     assert result.exit_code != 0
     assert result.stderr.startswith("Error: ") and "a binary file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def minimal_pdf(text: str) -> bytes:
+    """A one-page PDF whose content stream shows `text` in Helvetica (xref offsets exact)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+               b" /Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for i, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_pdf_text_is_read_with_pypdf(engine, tmp_path):
+    pytest.importorskip("pypdf")
+    path = tmp_path / "paper.pdf"
+    path.write_bytes(minimal_pdf("The secret word is pelican."))
+    doc = documents.read(path, engine.tokenizer)
+    assert doc.text == "The secret word is pelican."
+    empty = tmp_path / "scan.pdf"
+    empty.write_bytes(minimal_pdf(""))
+    with pytest.raises(DocumentError, match="no text layer"):
+        documents.read(empty, engine.tokenizer)
