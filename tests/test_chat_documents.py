@@ -149,6 +149,14 @@ async def test_attach_dialog_completes_the_path(engine, tmp_path, monkeypatch):
         await wait_until(pilot, lambda: bool(app.attached))
         assert app.attached[0].document.path == str(tmp_path / "docs" / "report-2026.md")
         assert chip_texts(app)[0].startswith("📄 report-2026.md · ")
+        prompt = app.query_one(PromptInput)  # Tab completes after /attach in the input too
+        prompt.focus()
+        prompt.text = "/attach do"
+        await pilot.press("tab")
+        assert prompt.text == "/attach docs/" and app.focused is prompt
+        prompt.text = "plain text"
+        await pilot.press("tab")  # elsewhere Tab still moves the focus
+        assert app.focused is not prompt
 
 
 def test_snapshot_documents_and_versions(snap_compare, engine, tmp_path):

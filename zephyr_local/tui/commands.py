@@ -49,7 +49,7 @@ KEYS = (
     ("Esc", "stop the reply; the partial reply stays"),
     ("Tab", "move to a message: c copies it, b copies its code, e edits yours"),
     ("[ / ] or Ctrl+Left / Ctrl+Right", "on a message: its previous / next version"),
-    ("Ctrl+O", "attach a document (Tab completes the path)"),
+    ("Ctrl+O", "attach a document; Tab completes the path (also after /attach here)"),
     ("Ctrl+B", "history sidebar: Enter resumes, r renames, d deletes"),
     ("Ctrl+N / Ctrl+R", "new chat / regenerate"),
     ("Ctrl+P", "command palette"),

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 
-from rich.text import Text
-
 from zephyr_local import doc_prompt, documents, retrieval
 from zephyr_local.documents import DocumentError
 from zephyr_local.tui.attach_screen import AttachScreen
@@ -26,6 +24,10 @@ class DocumentsMixin:
         self.last_plan: doc_prompt.PromptPlan | None = None
         self._memory_db = None
         self._missing_noted: set[str] = set()
+
+    def _say(self, message: str, **kwargs) -> None:
+        """A notice with file names and paths in it: shown as typed, never as markup."""
+        self.notify(message, markup=False, **kwargs)
 
     def _documents_db(self):
         if self.history is not None:
@@ -53,7 +55,7 @@ class DocumentsMixin:
         try:  # off the UI thread: a few MB take seconds to tokenize
             doc, passages = await asyncio.to_thread(self._read_and_split, path)
         except DocumentError as exc:
-            self.notify(Text(str(exc)), title="Not attached", severity="error", timeout=10)
+            self._say(str(exc), title="Not attached", severity="error", timeout=10)
             return False
         for stored in list(self.attached):
             if stored.document.path == doc.path:  # attaching again: the file as it is now
@@ -63,7 +65,7 @@ class DocumentsMixin:
         doc_id = retrieval.add(self._documents_db(), conversation, doc, passages)
         self.attached.append(retrieval.StoredDocument(doc_id, doc))
         await self.show_documents()
-        self.notify(Text(f"Attached {doc.name} ({doc.tokens} tokens, {len(passages)} passages)."))
+        self._say(f"Attached {doc.name} ({doc.tokens} tokens, {len(passages)} passages).")
         return True
 
     def _read_and_split(self, path: str):
@@ -84,14 +86,14 @@ class DocumentsMixin:
         else:
             chosen = list(self.attached) if len(self.attached) == 1 else []
         if not chosen:
-            self.notify(Text(f"Detach which one? /detach NAME, a number, or all "
-                             f"({', '.join(names)})"), severity="warning")
+            self._say(f"Detach which one? /detach NAME, a number, or all ({', '.join(names)})",
+                      severity="warning")
             return
         for stored in chosen:
             retrieval.remove(self._documents_db(), stored.id)
             self.attached.remove(stored)
         await self.show_documents()
-        self.notify(Text("Detached " + ", ".join(d.document.name for d in chosen) + "."))
+        self._say("Detached " + ", ".join(d.document.name for d in chosen) + ".")
 
     async def load_documents(self, conversation_id: int | None) -> None:
         """The documents stored with a conversation (none for a new one)."""
@@ -113,8 +115,8 @@ class DocumentsMixin:
             why = documents.changed(doc)
             if why == "missing" and doc.path not in self._missing_noted:
                 self._missing_noted.add(doc.path)
-                self.notify(Text(f"{doc.name} is no longer readable on disk: the copy stored with "
-                                 "this conversation is used."), severity="warning", timeout=8)
+                self._say(f"{doc.name} is no longer readable on disk: the copy stored with this "
+                          "conversation is used.", severity="warning", timeout=8)
             elif why == "changed":
                 self._reread(i, stored)
 
@@ -122,15 +124,15 @@ class DocumentsMixin:
         try:
             doc = documents.read(stored.document.path, self.engine.tokenizer)
         except DocumentError as exc:
-            self.notify(Text(f"{exc}: the copy stored with this conversation is used."),
-                        severity="warning")
+            self._say(f"{exc}: the copy stored with this conversation is used.",
+                      severity="warning")
             return
         db = self._documents_db()
         retrieval.remove(db, stored.id)
         passages = documents.split(doc.text, self.engine.tokenizer)
         self.attached[index] = retrieval.StoredDocument(
             retrieval.add(db, self.conversation_id, doc, passages), doc)
-        self.notify(Text(f"{doc.name} changed on disk: read again ({doc.tokens} tokens)."))
+        self._say(f"{doc.name} changed on disk: read again ({doc.tokens} tokens).")
 
     def reply_records(self, messages: list[dict], options):
         """The engine's reply stream, the documents in its prompt (doc_prompt's split).
