@@ -321,9 +321,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             return
         views = self.views()
         if views and views[-1].role == "assistant":
-            if self.branching:  # the new reply is another version; the old one stays
-                self.branch_at(views[-1])
-            else:
+            if not self.branch_at(views[-1]):  # else the new reply is another version
                 self.truncate_messages(len(views) - 1)
             await views[-1].remove()
             views.pop()
@@ -343,9 +341,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
                 return
             views = self.views()
             index = views.index(view)
-            if self.branching:  # a new version of the message; the old branch stays
-                self.branch_at(view)
-            else:
+            if not self.branch_at(view):  # else a new version; the old branch stays
                 self.truncate_messages(index)
             await self.query_one("#chat").remove_children(views[index:])
             await self.send(text)

@@ -58,10 +58,13 @@ class BranchesMixin:
         await self.show_branch(index)
         self.views()[index].focus()
 
-    def branch_at(self, view: MessageView) -> None:
-        """Continue the conversation from just before `view` (a new version of it)."""
-        if self.branching:
-            self.history.set_leaf(self.conversation_id, view.parent_id)
+    def branch_at(self, view: MessageView) -> bool:
+        """Continue the conversation from just before `view`, so that what follows is a
+        new version of it; False where the message is not stored (nothing to keep)."""
+        if not self.branching or view.message_id is None:
+            return False
+        self.history.set_leaf(self.conversation_id, view.parent_id)
+        return True
 
     async def restore_after_failure(self) -> bool:
         """After a failed regenerate: show the reply it was replacing again, if any."""
