@@ -578,6 +578,7 @@ def test_snapshot_main_screen(snap_compare, engine, tmp_path):
     cid = _snapshot_history(tmp_path)
 
     async def resume(pilot):
+        pilot.app.query_one(PromptInput).cursor_blink = False  # the cursor is always drawn
         await pilot.app.open_conversation(cid)
         await pilot.pause()
 

@@ -175,6 +175,7 @@ def test_snapshot_documents_and_versions(snap_compare, engine, tmp_path):
     history.close()
 
     async def resume(pilot):
+        pilot.app.query_one(PromptInput).cursor_blink = False  # the cursor is always drawn
         await pilot.app.open_conversation(cid)
         await pilot.pause()
 
