@@ -114,3 +114,16 @@ def test_search_uses_the_fts_index_and_keeps_substring_semantics(history):
     for needle, found in [("lifetim", True), ("RUST", True), ("0% b", True), ("0%b", False),
                           ('"quoted', False), ("ru", True), ("zz", False)]:
         assert bool(history.list(needle)) is found, needle
+
+
+def test_deleting_a_conversation_deletes_its_documents_and_their_index(history):
+    from zephyr_local import documents, retrieval
+
+    cid = history.create()
+    doc = documents.Document("a.md", "/a.md", "pelican", "0", 0, 7, 2)
+    retrieval.add(history.db, cid, doc, [documents.Passage(1, 1, None, "pelican", 2)])
+    assert [d.document.name for d in retrieval.documents(history.db, cid)] == ["a.md"]
+    history.delete(cid)
+    count = "SELECT count(*) FROM passages_fts WHERE passages_fts MATCH 'pelican'"
+    assert history.db.execute(count).fetchone()[0] == 0
+    assert history.db.execute("SELECT count(*) FROM documents").fetchone()[0] == 0
