@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from test_chat_app import GREEDY, SIZE, make_app, type_and_send, wait_until
 from test_documents import independent_ranking, long_markdown
@@ -83,7 +85,7 @@ async def test_documents_too_big_are_retrieved_by_bm25_within_the_budget(engine,
 def _stored_passages(tmp_path, conversation_id):
     history = History(tmp_path / "history.sqlite")
     try:
-        return history.db.execute(
+        return history.connection().execute(
             "SELECT p.start_line, p.end_line, p.text FROM passages p JOIN documents d"
             " ON d.id = p.document_id WHERE d.conversation_id = ? ORDER BY p.id",
             (conversation_id,)).fetchall()
@@ -129,7 +131,7 @@ async def test_binary_files_are_refused_and_nothing_is_attached(engine, tmp_path
         await slash(pilot, f"/attach {blob}")
         assert any("image.png: a binary file" in n for n in notes)
         assert app.attached == [] and app.query_one(DocumentChips).has_class("hidden")
-        count = app.history.db.execute("SELECT count(*) FROM documents").fetchone()[0]
+        count = app.history.connection().execute("SELECT count(*) FROM documents").fetchone()[0]
         assert count == 0
 
 
@@ -165,7 +167,7 @@ def test_snapshot_documents_and_versions(snap_compare, engine, tmp_path):
     history = History(tmp_path / "history.sqlite")
     cid = history.create()
     doc = documents.read(manual, engine.tokenizer)
-    retrieval.add(history.db, cid, doc, documents.split(doc.text, engine.tokenizer))
+    retrieval.add(history.connection(), cid, doc, documents.split(doc.text, engine.tokenizer))
     question = history.append(cid, StoredMessage("user", "What does section 17 say about xray?"))
     history.append(cid, StoredMessage("assistant", "It does not say.", "stop"))
     history.set_leaf(cid, question)
@@ -181,3 +183,30 @@ def test_snapshot_documents_and_versions(snap_compare, engine, tmp_path):
 
     app = make_app(engine, tmp_path, context_budget=2048)
     assert snap_compare(app, terminal_size=SIZE, run_before=resume)
+
+
+@pytest.mark.asyncio
+async def test_documents_stay_usable_when_the_database_refuses_them(engine, tmp_path,
+                                                                      monkeypatch):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("Llamas hum.\n")
+    second.write_text("Alpacas spit.\n")
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await slash(pilot, f"/attach {first}")
+        real_add = retrieval.add
+
+        def locked(db, *args):
+            if db is app.history.connection():
+                raise sqlite3.OperationalError("database is locked")
+            return real_add(db, *args)
+
+        monkeypatch.setattr(retrieval, "add", locked)
+        notes = notes_of(app)
+        await slash(pilot, f"/attach {second}")
+        assert any("kept for this session only" in n for n in notes)
+        assert [d.document.name for d in app.attached] == ["a.txt", "b.txt"]
+        await type_and_send(pilot, "Who spits?")
+        quoted = app.last_plan.messages[0]["content"]
+        assert "Llamas hum." in quoted and "Alpacas spit." in quoted

@@ -107,7 +107,7 @@ def test_versions_are_siblings_and_switching_follows_the_newest_path(history):
 def test_search_uses_the_fts_index_and_keeps_substring_semantics(history):
     cid = history.create()
     history.append(cid, StoredMessage("user", "Rust lifetimes are 100% borrowed"))
-    plan = " ".join(r[-1] for r in history.db.execute(
+    plan = " ".join(r[-1] for r in history.connection().execute(
         "EXPLAIN QUERY PLAN SELECT m.conversation_id FROM messages_fts f JOIN messages m"
         " ON m.id = f.rowid WHERE messages_fts MATCH '\"life\"'"))
     assert "VIRTUAL TABLE INDEX" in plan  # FTS5 answers it, not a scan of messages
@@ -121,9 +121,9 @@ def test_deleting_a_conversation_deletes_its_documents_and_their_index(history):
 
     cid = history.create()
     doc = documents.Document("a.md", "/a.md", "pelican", "0", 0, 7, 2)
-    retrieval.add(history.db, cid, doc, [documents.Passage(1, 1, None, "pelican", 2)])
-    assert [d.document.name for d in retrieval.documents(history.db, cid)] == ["a.md"]
+    retrieval.add(history.connection(), cid, doc, [documents.Passage(1, 1, None, "pelican", 2)])
+    assert [d.document.name for d in retrieval.documents(history.connection(), cid)] == ["a.md"]
     history.delete(cid)
     count = "SELECT count(*) FROM passages_fts WHERE passages_fts MATCH 'pelican'"
-    assert history.db.execute(count).fetchone()[0] == 0
-    assert history.db.execute("SELECT count(*) FROM documents").fetchone()[0] == 0
+    assert history.connection().execute(count).fetchone()[0] == 0
+    assert history.connection().execute("SELECT count(*) FROM documents").fetchone()[0] == 0

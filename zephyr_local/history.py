@@ -119,9 +119,8 @@ class History:
     def close(self) -> None:
         self._db.close()
 
-    @property
-    def db(self) -> sqlite3.Connection:
-        """The connection (the attached documents' tables live here too)."""
+    def connection(self) -> sqlite3.Connection:
+        """The connection: the attached documents' tables (retrieval.py) live here too."""
         return self._db
 
     # -- conversations ---------------------------------------------------------

@@ -9,6 +9,7 @@ read and indexed again, a missing one keeps the copy stored with the chat.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 from zephyr_local import doc_prompt, documents, retrieval
 from zephyr_local.documents import DocumentError
@@ -23,6 +24,7 @@ class DocumentsMixin:
         self.attached: list[retrieval.StoredDocument] = []
         self.last_plan: doc_prompt.PromptPlan | None = None
         self._memory_db = None
+        self._in_memory = False  # the history database refused a document: keep them here
         self._missing_noted: set[str] = set()
 
     def _say(self, message: str, **kwargs) -> None:
@@ -30,11 +32,42 @@ class DocumentsMixin:
         self.notify(message, markup=False, **kwargs)
 
     def _documents_db(self):
-        if self.history is not None:
-            return self.history.db
+        if self.history is not None and not self._in_memory:
+            db = self.history.connection()
+            if db is not None:
+                return db
         if self._memory_db is None:
             self._memory_db = retrieval.memory_index()
         return self._memory_db
+
+    def _store(self, conversation: int | None, doc, passages) -> int:
+        """Store a document with the conversation, or for this session only if the
+        database refuses it (locked, read-only, full)."""
+        try:
+            return retrieval.add(self._documents_db(), conversation, doc, passages)
+        except sqlite3.Error as exc:
+            if self._in_memory or self.history is None:
+                raise
+            self._say(f"The history database refused the document ({exc}): documents are kept "
+                      "for this session only.", severity="warning", timeout=10)
+            self._in_memory = True
+            self._move_to_memory()
+            return self._store(None, doc, passages)
+
+    def _move_to_memory(self) -> None:
+        db, moved = self._documents_db(), []
+        for stored in self.attached:
+            passages = documents.split(stored.document.text, self.engine.tokenizer)
+            moved.append(retrieval.StoredDocument(retrieval.add(db, None, stored.document, passages),
+                                                  stored.document))
+        self.attached = moved
+
+    def _unstore(self, stored: retrieval.StoredDocument) -> None:
+        try:
+            retrieval.remove(self._documents_db(), stored.id)
+        except sqlite3.Error as exc:
+            self._say(f"{stored.document.name} stays stored with the conversation: the history "
+                      f"database refused the change ({exc}).", severity="warning")
 
     async def action_attach(self, path: str | None = None) -> None:
         if not path:
@@ -59,10 +92,10 @@ class DocumentsMixin:
             return False
         for stored in list(self.attached):
             if stored.document.path == doc.path:  # attaching again: the file as it is now
-                retrieval.remove(self._documents_db(), stored.id)
+                self._unstore(stored)
                 self.attached.remove(stored)
-        conversation = self.ensure_conversation()
-        doc_id = retrieval.add(self._documents_db(), conversation, doc, passages)
+        conversation = None if self._in_memory else self.ensure_conversation()
+        doc_id = self._store(conversation, doc, passages)
         self.attached.append(retrieval.StoredDocument(doc_id, doc))
         await self.show_documents()
         self._say(f"Attached {doc.name} ({doc.tokens} tokens, {len(passages)} passages).")
@@ -90,15 +123,20 @@ class DocumentsMixin:
                       severity="warning")
             return
         for stored in chosen:
-            retrieval.remove(self._documents_db(), stored.id)
+            self._unstore(stored)
             self.attached.remove(stored)
         await self.show_documents()
         self._say("Detached " + ", ".join(d.document.name for d in chosen) + ".")
 
     async def load_documents(self, conversation_id: int | None) -> None:
         """The documents stored with a conversation (none for a new one)."""
-        self.attached = (retrieval.documents(self._documents_db(), conversation_id)
-                         if conversation_id is not None else [])
+        self._in_memory = False
+        try:
+            self.attached = (retrieval.documents(self._documents_db(), conversation_id)
+                             if conversation_id is not None else [])
+        except sqlite3.Error as exc:
+            self.attached = []
+            self._say(f"The conversation's documents cannot be read ({exc}).", severity="error")
         self._missing_noted.clear()
         await self.show_documents()
 
@@ -127,11 +165,11 @@ class DocumentsMixin:
             self._say(f"{exc}: the copy stored with this conversation is used.",
                       severity="warning")
             return
-        db = self._documents_db()
-        retrieval.remove(db, stored.id)
+        self._unstore(stored)
         passages = documents.split(doc.text, self.engine.tokenizer)
-        self.attached[index] = retrieval.StoredDocument(
-            retrieval.add(db, self.conversation_id, doc, passages), doc)
+        conversation = None if self._in_memory else self.conversation_id
+        self.attached[index] = retrieval.StoredDocument(self._store(conversation, doc, passages),
+                                                        doc)
         self._say(f"{doc.name} changed on disk: read again ({doc.tokens} tokens).")
 
     def reply_records(self, messages: list[dict], options):
