@@ -1,5 +1,8 @@
 """Conversation history in SQLite: versioned schema, WAL, one transaction per change.
 
+Messages form a tree: an edit or a regenerated reply is a sibling of the message it
+replaces, and each conversation remembers the leaf of the branch on screen.
+
 Every completed message is committed as soon as it exists, so a crash or kill -9
 loses at most the reply being generated. A file that is not a SQLite database, or
 that a newer zephyr-local wrote, raises HistoryError and is never touched.
