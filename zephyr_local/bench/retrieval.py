@@ -57,11 +57,11 @@ def _like_rank(db, question: str, limit: int = retrieval.CANDIDATES) -> list[int
     return [r[0] for r in rows]
 
 
-def retrieval_case(engine, repeats: int = 3, budget: int = 4096,
-                   max_tokens: int = 256) -> CaseResult:
+def retrieval_case(engine, repeats: int = 3, budget: int = 4096, max_tokens: int = 256,
+                   total_bytes: int = 1 << 20) -> CaseResult:
     tokenizer = engine.tokenizer
     with tempfile.TemporaryDirectory() as tmp:
-        paths = document_set(Path(tmp))
+        paths = document_set(Path(tmp), total_bytes)
         db = retrieval.memory_index()
         t0 = time.perf_counter()
         stored = [retrieval.add_file(db, None, str(path), tokenizer) for path in paths]
@@ -91,6 +91,7 @@ def retrieval_case(engine, repeats: int = 3, budget: int = 4096,
                "reply_reserve": doc_prompt.reply_reserve(budget, max_tokens),
                "passage_room": (budget - doc_prompt.reply_reserve(budget, max_tokens)) // 2}
     db.close()
-    ratios = [ratio("retrieval", "ranking time, 1 MB set (ms)", median(ranks) * 1e3,
+    ratios = [ratio("retrieval", f"ranking time, {total_bytes / 2**20:g} MB set (ms)",
+                    median(ranks) * 1e3,
                     median(like) * 1e3, "LIKE scan", higher_is_better=False, goal=1.0, unit="ms")]
     return CaseResult("retrieval", ratios, details)
