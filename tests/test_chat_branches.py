@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_chat_app import GREEDY, SIZE, make_app, reference_reply, type_and_send, wait_until
+from test_chat_app import (
+    GREEDY,
+    SIZE,
+    edit_message,
+    make_app,
+    reference_reply,
+    type_and_send,
+    wait_until,
+)
 
 from zephyr_local.engine import common_prefix_len
 from zephyr_local.history import History
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.template import encode
 from zephyr_local.tui.confirm_screen import ConfirmScreen
-from zephyr_local.tui.text_screen import TextEditScreen
 from zephyr_local.tui.widgets.prompt import PromptInput
 
 SHORT = SamplingOptions(temperature=0.0, max_tokens=4)
@@ -72,11 +79,7 @@ async def test_edit_adds_a_version_and_switching_back_restores_the_later_turns(e
         await type_and_send(pilot, "First question")
         await type_and_send(pilot, "Second question")
         original = shown(app)
-        app.views()[0].focus()
-        await pilot.press("e")
-        await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
-        app.screen.query_one("TextArea").text = "First question, edited"
-        await pilot.press("ctrl+s")
+        await edit_message(pilot, 0, "First question, edited")
         await wait_until(pilot, lambda: len(app.views()) == 2 and not app.generating)
         edited = [{"role": "user", "content": "First question, edited"}]
         assert shown(app)[1][1] == reference_reply(engine, edited)

@@ -284,7 +284,6 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
     async def _reply_failed(self, view: MessageView, stream, exc: Exception) -> None:
         await stream.stop()
         await view.remove()
-        self.generating = False
         views = self.views()
         if await self.restore_after_failure():  # a failed regenerate: the earlier reply is back
             pass
@@ -295,6 +294,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             prompt = self.query_one(PromptInput)
             prompt.text = last.content
             prompt.move_cursor(prompt.document.end)
+        self.generating = False  # only now: the conversation on screen is settled
         self.notify(f"Generation failed: {exc}", severity="error", timeout=10)
 
     def _mark_dropped(self, dropped_turns: int) -> None:
