@@ -19,8 +19,9 @@ from zephyr_local.history import History, HistoryError
 
 # History methods that change the database: queued in order, retried until they land.
 # A new write method of History must be listed here to be kept when the database fails.
+# `switch` (showing another version) is navigation: tried once, never queued.
 WRITES = frozenset({"create", "append", "truncate", "rename", "delete", "set_system_prompt",
-                    "set_sampling"})
+                    "set_sampling", "set_leaf"})
 READ_DEFAULTS = {"list": [], "messages": []}  # what a failed read returns (else None)
 BUSY_TIMEOUT_MS = 1500  # how long a write waits for another process's lock (UI thread)
 _DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
@@ -62,6 +63,10 @@ class GuardedHistory:
         if name.startswith("_") or not callable(getattr(History, name, None)):
             raise AttributeError(name)
         return partial(self._write if name in WRITES else self._read, name)
+
+    def connection(self):
+        """The open connection (the documents' tables share it), None once damaged."""
+        return None if self.damaged else self.db.connection()
 
     def create(self, **fields) -> int:
         """A new conversation's id: a provisional negative one until the database takes it."""

@@ -18,6 +18,7 @@ from zephyr_local.atomic import write_text
 from zephyr_local.errors import ZephyrError
 from zephyr_local.history import HistoryError, StoredMessage
 from zephyr_local.sampling import SamplingOptions
+from zephyr_local.tui.confirm_screen import ConfirmScreen
 from zephyr_local.tui.generation import clean_for_display
 from zephyr_local.tui.guarded_history import GuardedHistory
 from zephyr_local.tui.text_screen import TextEditScreen
@@ -68,14 +69,21 @@ class HistoryMixin:
 
     # -- writes ----------------------------------------------------------------
 
-    def save_message(self, message: StoredMessage) -> None:
-        """Commit one complete message (creating the conversation on its first)."""
+    def ensure_conversation(self) -> int | None:
+        """The current conversation's id, creating it in the database if needed."""
         if self.history is None:
-            return
+            return None
         if self.conversation_id is None:
             model = self.engine.loaded.path.name if self.engine else self.config.model
             self.conversation_id = self.history.create(
                 system_prompt=self.system_prompt, sampling=asdict(self.options), model=model)
+        return self.conversation_id
+
+    def save_message(self, message: StoredMessage) -> None:
+        """Commit one complete message (creating the conversation on its first), after
+        the current branch's last message."""
+        if self.ensure_conversation() is None:
+            return
         self.history.append(self.conversation_id, message)
         self.conversation_id = self.history.resolve(self.conversation_id)
         self.call_later(self.refresh_sidebar)
@@ -101,7 +109,7 @@ class HistoryMixin:
         await self.query_one("#chat").remove_children(MessageView)
         self._reset_conversation_state()
         self.query_one("#status").set_stats(None)
-        self._show_context_estimate()
+        await self.load_documents(None)
         self.query_one("#prompt").focus()
 
     async def open_conversation(self, conversation_id: int) -> None:
@@ -117,8 +125,7 @@ class HistoryMixin:
             return
         chat = self.query_one("#chat")
         await chat.remove_children(MessageView)
-        views = [MessageView(m.role, m.content, m.finish_reason)
-                 for m in self.history.messages(conversation_id)]
+        views = [MessageView.from_stored(m) for m in self.history.messages(conversation_id)]
         await chat.mount_all(views)
         self.conversation_id = conversation_id
         self.set_system_prompt_quietly(conv.system_prompt)
@@ -126,7 +133,7 @@ class HistoryMixin:
         saved = {k: v for k, v in (conv.sampling or {}).items() if k in fields}
         self.options = replace(self.config.options, **saved)
         self.query_one("#status").set_stats(None)
-        self._show_context_estimate()
+        await self.load_documents(conversation_id)
         chat.scroll_end(animate=False)
         chat.anchor()
 
@@ -184,12 +191,14 @@ class HistoryMixin:
     # -- export ------------------------------------------------------------------
 
     def action_export(self, target: str | None = None) -> None:
-        """Write the conversation as Markdown and/or JSON (`{"messages": [...]}`)."""
-        exported = self._export_texts()
-        if exported is None:
+        """Write the current branch as Markdown and/or JSON (`{"messages": [...]}`);
+        `--all-branches` adds every version to the JSON. Asks before overwriting."""
+        if self._export_texts(False) is None:
             self.notify("Nothing to export yet.", severity="warning")
             return
-        data, markdown = exported
+        words = (target or "").split()
+        all_branches = "--all-branches" in words
+        target = " ".join(w for w in words if w != "--all-branches")
         try:
             if target:
                 paths = [Path(target).expanduser()]
@@ -197,6 +206,26 @@ class HistoryMixin:
                 name = f"chat-{self.conversation_id or 'unsaved'}"
                 base = store.home_dir() / "exports" / name
                 paths = [base.with_suffix(".md"), base.with_suffix(".json")]
+        except ZephyrError as exc:
+            self.notify(f"Export failed: {exc}", severity="error")
+            return
+        existing = [p for p in paths if p.exists()]
+        if not existing:
+            self._write_export(paths, all_branches)
+            return
+
+        def answered(overwrite: bool | None) -> None:
+            if overwrite:
+                self._write_export(paths, all_branches)
+            else:
+                self.notify("Not exported: the existing file is unchanged.")
+
+        names = ", ".join(str(p) for p in existing)
+        self.push_screen(ConfirmScreen(f"{names} exists. Overwrite it?", "Overwrite"), answered)
+
+    def _write_export(self, paths: list[Path], all_branches: bool) -> None:
+        data, markdown = self._export_texts(all_branches)
+        try:
             for path in paths:
                 if path.suffix.lower() == ".json":
                     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
@@ -207,12 +236,12 @@ class HistoryMixin:
             return
         self.notify("Exported to " + ", ".join(str(p) for p in paths))
 
-    def _export_texts(self) -> tuple[dict, str] | None:
+    def _export_texts(self, all_branches: bool) -> tuple[dict, str] | None:
         """The conversation as JSON data and Markdown: from the database when it holds all
         of it, else from the screen (while the database fails, the screen is the record)."""
         h, cid = self.history, self.conversation_id
         if h is not None and cid is not None and cid > 0 and not h.pending and not h.damaged:
-            data, markdown = h.export_json(cid), h.export_markdown(cid)
+            data, markdown = h.export_json(cid, all_branches), h.export_markdown(cid)
             if data is not None and markdown is not None:
                 return data, markdown
         views = self.views()
