@@ -23,7 +23,6 @@ from test_chat_app import make_app, type_and_send, wait_until
 from zephyr_local.history import History, StoredMessage
 
 SIZE = (100, 30)
-pytestmark = pytest.mark.asyncio
 
 
 def _record_notices(app) -> list[str]:
@@ -65,6 +64,7 @@ db.execute("COMMIT")
 """
 
 
+@pytest.mark.asyncio
 async def test_lock_held_by_another_process(engine, tmp_path):
     db = tmp_path / "history.sqlite"
     app = make_app(engine, tmp_path)
@@ -107,6 +107,7 @@ def read_only_db(tmp_path):
     db.chmod(0o644)
 
 
+@pytest.mark.asyncio
 async def test_read_only_database(engine, tmp_path, read_only_db):
     before = _digest(read_only_db)
     app = make_app(engine, tmp_path)
@@ -120,6 +121,7 @@ async def test_read_only_database(engine, tmp_path, read_only_db):
     assert _digest(read_only_db) == before
 
 
+@pytest.mark.asyncio
 async def test_full_database(engine, tmp_path):
     """SQLite's SQLITE_FULL (what a full disk gives), from a page limit on the connection."""
     db = tmp_path / "history.sqlite"
@@ -154,6 +156,7 @@ def _damage_messages_table(db: Path) -> None:
     other.close()
 
 
+@pytest.mark.asyncio
 async def test_damaged_database_is_never_written(engine, tmp_path):
     db = tmp_path / "history.sqlite"
     app = make_app(engine, tmp_path)
@@ -176,6 +179,7 @@ async def test_damaged_database_is_never_written(engine, tmp_path):
         "before", "after the damage", "and more"]
 
 
+@pytest.mark.asyncio
 async def test_damaged_at_start_runs_in_memory(engine, tmp_path):
     db = tmp_path / "history.sqlite"
     history = History(db)
@@ -192,6 +196,7 @@ async def test_damaged_at_start_runs_in_memory(engine, tmp_path):
 
 
 @pytest.mark.parametrize("text", ["/[/]", "/[bold]x", "[/] plain text [red]"])
+@pytest.mark.asyncio
 async def test_markup_in_typed_text(engine, tmp_path, text):
     app = make_app(engine, tmp_path)
     notes = _record_notices(app)
@@ -205,6 +210,7 @@ async def test_markup_in_typed_text(engine, tmp_path, text):
             assert _screen(app)[0] == ("user", text)
 
 
+@pytest.mark.asyncio
 async def test_export_to_a_path_with_brackets(engine, tmp_path):
     app = make_app(engine, tmp_path)
     notes = _record_notices(app)
@@ -217,3 +223,25 @@ async def test_export_to_a_path_with_brackets(engine, tmp_path):
         await pilot.pause(0.3)
         assert app.is_running and app.return_code is None and str(target) in notes[-1]
     assert "hi" in target.read_text()
+
+
+def test_queued_writes_land_in_order_under_the_real_ids(tmp_path):
+    from zephyr_local.tui.guarded_history import GuardedHistory
+
+    db = tmp_path / "history.sqlite"
+    problems = []
+    guarded = GuardedHistory(db, lambda reason, damaged: problems.append(reason))
+    guarded.db.set_busy_timeout(0)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    cid = guarded.create()
+    guarded.append(cid, StoredMessage("user", "a"))
+    assert cid < 0 and guarded.pending == 2 and "locked" in problems[0]
+    assert guarded.list() == []  # reads still work while the lock is held
+    other.execute("COMMIT")
+    guarded.append(cid, StoredMessage("assistant", "b"))
+    assert guarded.pending == 0 and problems[-1] is None and guarded.resolve(cid) > 0
+    assert [m.content for m in guarded.messages(cid)] == ["a", "b"]
+    assert guarded.switch(guarded.resolve(cid), guarded.messages(cid)[-1].id, -1) is None
+    guarded.close()
+    other.close()

@@ -57,7 +57,9 @@ class GuardedHistory:
 
     def resolve(self, conversation_id):
         """The real id of a conversation created while the database was failing."""
-        return self._ids.get(conversation_id, conversation_id)
+        if isinstance(conversation_id, int) and conversation_id < 0:
+            return self._ids.get(conversation_id, conversation_id)
+        return conversation_id
 
     def __getattr__(self, name: str):
         if name.startswith("_") or not callable(getattr(History, name, None)):
@@ -82,7 +84,7 @@ class GuardedHistory:
         default = READ_DEFAULTS.get(name)
         if self.damaged:
             return default
-        args = tuple(self.resolve(a) if isinstance(a, int) else a for a in args)
+        args = (self.resolve(args[0]), *args[1:]) if args else args  # a conversation id first
         try:
             return getattr(self.db, name)(*args, **kwargs)
         except sqlite3.Error as exc:
