@@ -104,8 +104,11 @@ def train_options(kind: str):
     return deco
 
 
-def build_config(ctx: click.Context, kind: str, kw: dict):
-    """A TrainConfig from the flags; with --resume, the saved one (changed flags refused)."""
+def build_config(ctx: click.Context, kind: str, kw: dict, dist=None):
+    """A TrainConfig from the flags; with --resume, the saved one (changed flags refused).
+
+    In a distributed run the saved config is rank 0's (its disk holds the run).
+    """
     from zephyr_local import store
     from zephyr_local.train.config import TrainConfig
     from zephyr_local.train.run import load_run_config
@@ -129,7 +132,12 @@ def build_config(ctx: click.Context, kind: str, kw: dict):
         if not cfg.data:
             raise click.UsageError("--data is required (unless --resume)")
         return cfg, False
-    saved = TrainConfig.from_dict(load_run_config(Path(cfg.out)))
+    if dist is not None and dist.size > 1:
+        saved = dist.broadcast_json(load_run_config(Path(cfg.out)) if dist.is_main else None,
+                                    "the run config broadcast")
+    else:
+        saved = load_run_config(Path(cfg.out))
+    saved = TrainConfig.from_dict(saved)
     for name, dotted in FIELDS.items():
         given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
         if name in kw and given and name != "out" and _get(saved, dotted) != _get(cfg, dotted):
@@ -192,19 +200,39 @@ def _console():
 
 
 def run_training(ctx: click.Context, kind: str, kw: dict) -> None:
+    from zephyr_local.train import distributed
+
+    dist = distributed.init()
+    try:
+        _train(ctx, kind, kw, dist)
+    except ZephyrError as exc:
+        if dist.size > 1:
+            if getattr(exc, "collective", False) and not dist.is_main:
+                ctx.exit(exc.exit_code)  # every rank hit it; rank 0 says so
+            if not getattr(exc, "collective", False):
+                exc.args = (f"{distributed.rank_name(dist.rank)}: {exc}",)
+        raise
+    finally:
+        dist.close()
+
+
+def _train(ctx: click.Context, kind: str, kw: dict, dist) -> None:
     from zephyr_local.train.run import run
 
-    cfg, resume = build_config(ctx, kind, kw)
+    cfg, resume = build_config(ctx, kind, kw, dist)
     on_event, progress = _progress(kind)
     try:
-        result = run(cfg, resume=resume, on_event=on_event)
+        result = run(cfg, resume=resume, on_event=on_event if dist.is_main else None, dist=dist)
     except KeyboardInterrupt:
         progress.stop()
-        click.echo(f"Interrupted: the last checkpoint is in {cfg.out}/checkpoints; continue "
-                   f"with `zephyr-local {kind} --out {cfg.out} --resume`.", err=True)
+        if dist.is_main:
+            click.echo(f"Interrupted: the last checkpoint is in {cfg.out}/checkpoints; continue "
+                       f"with `zephyr-local {kind} --out {cfg.out} --resume`.", err=True)
         ctx.exit(130)
     finally:
         progress.stop()
+    if not dist.is_main:
+        return
     click.echo(f"Wrote adapter {result.out} ({result.steps} steps); metrics "
                f"{result.out / 'metrics.jsonl'}, curves {result.plot}")
     if result.last:

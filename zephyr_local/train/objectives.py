@@ -28,9 +28,10 @@ def dpo_forward(model, tokens, mask, ref_w, ref_l, weight, loss_name, beta, eps)
 
 
 def sft_forward(model, tokens, mask, weight):
-    """Cross-entropy summed over assistant tokens, times weight (1 / tokens in the step)."""
-    nll = -sequence_logps(model, tokens, mask)[0].sum()
-    return nll * weight, nll
+    """Cross-entropy summed over assistant tokens, times weight (rows' share of the step);
+    also the per-row sums."""
+    nll = -sequence_logps(model, tokens, mask)[0]
+    return nll.sum() * weight, nll
 
 
 class DPOObjective:
@@ -56,10 +57,16 @@ class DPOObjective:
                 mx.array(self.ref[1, idx]), mx.array(weight, mx.float32))
 
     @staticmethod
-    def metrics(outputs: list, total: int) -> dict:
-        """Per-pair arrays of all micro-batches -> TRL's metrics for the step."""
-        pw, pl, losses, rc, rr = (np.concatenate([np.array(o[i]) for o in outputs])
-                                  for i in range(1, 6))
+    def rows(outputs: list) -> np.ndarray:
+        """[pairs, 5] of this process's micro-batches: logp_w, logp_l, loss, rewards w, l."""
+        cols = [np.concatenate([np.array(o[i]) for o in outputs]) if outputs
+                else np.zeros(0, np.float32) for i in range(1, 6)]
+        return np.stack(cols, axis=1)
+
+    @staticmethod
+    def metrics(rows: np.ndarray, total: int) -> dict:
+        """Per-pair rows of the whole step (every rank's) -> TRL's metrics for the step."""
+        pw, pl, losses, rc, rr = rows.T
         return pair_metrics({"losses": losses, "rewards_chosen": rc, "rewards_rejected": rr},
                             pw, pl)
 
@@ -85,28 +92,37 @@ class SFTObjective:
     forward = staticmethod(sft_forward)
 
     @staticmethod
-    def metrics(outputs: list, total: int) -> dict:
-        """Mean cross-entropy per assistant token over the whole step."""
-        nll = sum(float(o[1].item()) for o in outputs)
-        return {"loss": nll / max(total, 1), "num_tokens": total}
+    def rows(outputs: list) -> np.ndarray:
+        """[rows, 1]: summed cross-entropy of each of this process's rows."""
+        nll = [np.array(o[1]) for o in outputs] or [np.zeros(0, np.float32)]
+        return np.concatenate(nll)[:, None]
+
+    @staticmethod
+    def metrics(rows: np.ndarray, total: int) -> dict:
+        """Mean cross-entropy per assistant token over the whole step (every rank's rows)."""
+        return {"loss": float(rows.astype(np.float64).sum()) / max(total, 1), "num_tokens": total}
 
 
 def dpo_eval(model, examples, ref: np.ndarray, loss: str, beta: float, eps: float,
-             batch_size: int) -> dict:
-    """DPO metrics of the policy on a preference set (per pair), plus the pair count."""
+             batch_size: int, score=batched_logps) -> dict:
+    """DPO metrics of the policy on a preference set (per pair), plus the pair count.
+
+    `score(model, seqs, batch_size)` -> (log-prob sums, counts): batched_logps, or its
+    distributed form that splits the rows across ranks.
+    """
     model.eval()
     seqs = [e.chosen for e in examples] + [e.rejected for e in examples]
-    logps, counts = batched_logps(model, seqs, batch_size)
+    logps, counts = score(model, seqs, batch_size)
     n = len(examples)
     arr = [mx.array(a) for a in (logps[:n], logps[n:], ref[0], ref[1], counts[:n], counts[n:])]
     _, parts = dpo_loss(loss, *arr, beta, eps)
     return {"pairs": n, **pair_metrics(parts, arr[0], arr[1])}
 
 
-def sft_eval(model, examples, batch_size: int) -> dict:
-    """Token-level cross-entropy and perplexity over assistant tokens."""
+def sft_eval(model, examples, batch_size: int, score=batched_logps) -> dict:
+    """Token-level cross-entropy and perplexity over assistant tokens (`score`: see dpo_eval)."""
     model.eval()
-    logps, counts = batched_logps(model, examples, batch_size)
+    logps, counts = score(model, examples, batch_size)
     loss = float(-logps.sum() / max(counts.sum(), 1))
     return {"rows": len(examples), "tokens": int(counts.sum()), "loss": loss,
             "perplexity": math.exp(min(loss, 700))}
