@@ -124,6 +124,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
 
     data = backend.describe()
     data["models_dir"] = str(_store(ctx))
+    data["distributed"] = dist = backend.distributed_info()
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -138,6 +139,8 @@ def info(ctx: click.Context, as_json: bool) -> None:
         ("textual", data["textual_version"]),
         ("zephyr-local", data["zephyr-local_version"]),
         ("models dir", data["models_dir"]),
+        ("distributed", f"{dist['size']} ranks, this is rank {dist['rank']}" if dist["active"]
+         else "no group (single process; start several with mlx.launch)"),
     ]
     for key, value in lines:
         click.echo(f"{key:>13}: {value}")

@@ -28,10 +28,11 @@ def dpo_forward(model, tokens, mask, ref_w, ref_l, weight, loss_name, beta, eps)
 
 
 def sft_forward(model, tokens, mask, weight):
-    """Cross-entropy summed over assistant tokens, times weight (rows' share of the step);
-    also the per-row sums."""
-    nll = -sequence_logps(model, tokens, mask)[0]
-    return nll.sum() * weight, nll
+    """Mean cross-entropy per assistant token, times weight (the rows' share of the step's
+    tokens), so the step's loss is the mean over all its tokens; also the per-row sums."""
+    logps, counts = sequence_logps(model, tokens, mask)
+    nll = -logps
+    return nll.sum() / mx.maximum(counts.sum(), 1) * weight, nll
 
 
 class DPOObjective:
