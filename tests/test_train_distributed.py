@@ -196,3 +196,23 @@ def test_info_reports_the_group(model_store, tmp_path):
     lines = sorted(line.strip() for line in out.splitlines() if "distributed:" in line)
     assert lines == ["distributed: 2 ranks, this is rank 0",
                      "distributed: 2 ranks, this is rank 1"], out
+
+
+def test_gradient_bytes_match_mlx_lm_lora_layers():
+    """The benchmark's byte count against the LoRA layers mlx-lm actually builds."""
+    from mlx_lm.models import llama
+
+    from zephyr_local.bench.distributed import ZEPHYR_7B, lora_gradient_bytes, step_model
+    from zephyr_local.testmodel import tiny_config
+    from zephyr_local.train.config import LoRAConfig
+    from zephyr_local.train.lora import apply_lora
+
+    dims = {"hidden_size": 96, "num_hidden_layers": 3, "intermediate_size": 160,
+            "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 24}
+    model = llama.Model(llama.ModelArgs.from_dict(tiny_config(**dims)))
+    assert 4 * apply_lora(model, LoRAConfig(rank=8)) == lora_gradient_bytes(dims, 8)
+    assert lora_gradient_bytes(ZEPHYR_7B, 16) == 4 * 16 * 32 * 81920  # 167.8 MB
+    two, four = (step_model(n, "10 GbE", nbytes=lora_gradient_bytes(ZEPHYR_7B, 16))
+                 for n in (2, 4))
+    assert 1 < two["speedup"] < 2 and 2 < four["speedup"] < 4
+    assert four["communication_share"] > two["communication_share"] > 0
