@@ -83,6 +83,8 @@ def _port() -> int:
 
 def _launch(ranks: int, args: list[str], env: dict) -> None:
     cmd = [sys.executable, "-m", "zephyr_local.cli", *args]
+    # The ranks share this machine's cores: give each its part rather than oversubscribe.
+    env = {**env, "OPENBLAS_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
     if ranks > 1:
         launcher = str(Path(sys.executable).parent / "mlx.launch")
         cmd = [launcher, "-n", str(ranks), "--backend", "ring", "--starting-port",

@@ -81,7 +81,7 @@ def train_options(kind: str):
             click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True),
             click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True),
             click.option("--max-grad-norm", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Clip gradients; 0 disables."),
-            click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True, help="Rows (pairs for DPO) per micro-batch."),
+            click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True, help="Rows (pairs for DPO) per micro-batch, of the whole job: mlx.launch ranks split it."),
             click.option("--grad-accumulation", type=click.IntRange(min=1), default=1, show_default=True),
             click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass (less memory)."),
             click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True),
@@ -220,6 +220,10 @@ def _train(ctx: click.Context, kind: str, kw: dict, dist) -> None:
     from zephyr_local.train.run import run
 
     cfg, resume = build_config(ctx, kind, kw, dist)
+    if dist.is_main and dist.size > cfg.batch_size:
+        click.echo(f"Warning: each micro-batch of {cfg.batch_size} row(s) is split across "
+                   f"{dist.size} ranks, so some ranks idle: raise --batch-size and lower "
+                   "--grad-accumulation by the same factor (the same global batch).", err=True)
     on_event, progress = _progress(kind)
     try:
         result = run(cfg, resume=resume, on_event=on_event if dist.is_main else None, dist=dist)
