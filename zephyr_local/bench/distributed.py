@@ -89,7 +89,8 @@ def _launch(ranks: int, args: list[str], env: dict) -> None:
         launcher = str(Path(sys.executable).parent / "mlx.launch")
         cmd = [launcher, "-n", str(ranks), "--backend", "ring", "--starting-port",
                str(_port()), "--", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env,
+                         timeout=1200)
     if "Error" in out.stderr or out.returncode != 0:
         raise RuntimeError(f"{ranks}-rank run failed: {out.stderr.strip()[-300:]}")
 
@@ -114,7 +115,8 @@ def allreduce_probe(dims_list: list[dict], rank: int, repeats: int) -> list[dict
     cmd = [launcher, "-n", "2", "--backend", "ring", "--starting-port", str(_port()), "--",
            sys.executable, "-m", "zephyr_local.bench.distributed", json.dumps(dims_list),
            str(rank), str(repeats)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env,
+                         timeout=1200)
     lines = [x for x in out.stdout.splitlines() if x.startswith("[")]
     if not lines:
         raise RuntimeError(f"all-reduce probe failed: {out.stderr.strip()[-300:]}")

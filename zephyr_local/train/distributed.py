@@ -16,8 +16,8 @@ import os
 from contextlib import contextmanager
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 from mlx.utils import tree_map
 
 from zephyr_local.errors import ZephyrError
@@ -85,8 +85,9 @@ class Dist:
         if self.watchdog is None:
             yield
             return
+        others = rank_name(1 - self.rank) if self.size == 2 else "the other ranks"
         self.watchdog.arm(self.timeout, (
-            f"{rank_name(self.rank)}: no answer from the other ranks for {self.timeout:.0f} s "
+            f"{rank_name(self.rank)}: no answer from {others} for {self.timeout:.0f} s "
             f"during {what} (a rank failed or MLX's ring all_sum hung); stopped. Continue "
             f"from the last checkpoint with --resume ({TIMEOUT_ENV} sets the limit)."))
         try:
@@ -222,7 +223,7 @@ def init() -> Dist:
     from zephyr_local.train.watchdog import Watchdog
 
     limit = _seconds(CONNECT_TIMEOUT_ENV, CONNECT_TIMEOUT)
-    rank = int(os.environ.get("MLX_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", 0)))
+    rank = int(os.environ.get("MLX_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
     hosts = _hostfile()
     n = len(hosts)
     peers = sorted({(rank - 1) % n, (rank + 1) % n} - {rank}) if n > 1 else []
