@@ -24,13 +24,13 @@ MODES = {
               "dpo_dims": LARGE_DIMS, "dpo_steps": 2, "dpo_max_length": 128,
               "dpo_batch_pairs": 1, "chat_tokens": 256,
               "quantize_7b": False, "multiturn_dims": None,
-              "distributed": {"steps": 2, "batch": 2, "max_length": 128, "repeats": 3}},
+              "distributed": None},
     "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
              "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3,
              "dpo_dims": LARGE_DIMS, "dpo_steps": 3, "dpo_max_length": 256,
              "dpo_batch_pairs": 2, "chat_tokens": 512,
              "quantize_7b": True, "multiturn_dims": LARGE_DIMS,
-             "distributed": {"steps": 4, "batch": 4, "max_length": 256, "repeats": 5}},
+             "distributed": {"steps": 2, "batch": 2, "max_length": 128, "repeats": 3}},
 }
 
 
@@ -116,7 +116,7 @@ def _case_fns() -> dict[str, Callable]:
         from zephyr_local.bench.distributed import distributed_case
 
         if not s.get("distributed"):
-            return CaseResult("distributed", skipped="not in these settings")
+            return CaseResult("distributed", skipped="full mode only (three mlx.launch jobs)")
         return distributed_case(s["dpo_dims"], **s["distributed"])
 
     return {"generation": gen, "multiturn": multi, "chat-ui": chat, "quantize": quant,
