@@ -134,7 +134,7 @@ def train_step(model, objective, optimizer, plan: Plan, step: int, cfg: TrainCon
     optimizer.update(model, grads)
     mx.eval(model.trainable_parameters(), optimizer.state)
     dt = time.perf_counter() - t0
-    peak = dist.gather_rows(np.array([mx.get_peak_memory() / 1e9]), [1] * dist.size,
+    peak = dist.gather_rows(np.array([mx.get_peak_memory() / 1e9], np.float32), [1] * dist.size,
                             f"the memory report of step {step + 1}")
     return {"step": step + 1, "epoch": round(plan.epoch_of(step + 1), 4), **metrics,
             "grad_norm": grad_norm, "learning_rate": float(optimizer.learning_rate.item()),
