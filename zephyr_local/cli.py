@@ -178,11 +178,13 @@ def tokenize(ctx, model, messages_file, text, no_generation_prompt) -> None:
 @click.option("--system", default=None, help="System prompt.")
 @sampling_options
 @click.option("--json", "as_json", is_flag=True,
-              help="After the streamed reply, print one JSON line with the text and statistics.")
+              help="Print only JSON on stdout: one object with the text and statistics.")
+@click.option("--json-stream", is_flag=True,
+              help="Print only JSON on stdout: one object per chunk, then the final one.")
 @click.pass_context
 def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, context_budget,
-             as_json, **kwargs) -> None:
-    """Stream Zephyr's reply to a prompt; `-` reads the prompt from stdin.
+             as_json, json_stream, **kwargs) -> None:
+    """Stream Zephyr's reply to a prompt; `-` (or `--prompt -`) reads the prompt from stdin.
 
     Example: zephyr-local generate -m zephyr-test --temp 0 --prompt "Write a haiku"
     """
@@ -196,20 +198,22 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
     try:
         for last in session.reply(messages, options):
             parts.append(last.text)
-            click.echo(last.text, nl=False)
+            if json_stream:
+                click.echo(json.dumps({"text": last.text, "token": last.token}))
+            elif not as_json:
+                click.echo(last.text, nl=False)
             sys.stdout.flush()
     finally:
         engine.close()
-    click.echo()
-    sys.stdout.flush()
     stats = last.stats
     if stats.dropped_turns:
         click.secho(f"[{stats.dropped_turns} oldest turn(s) dropped to fit the context budget]",
                     err=True, fg="yellow")
-    if as_json:
+    if as_json or json_stream:
         record = {"text": "".join(parts), "finish_reason": last.finish_reason, **stats.as_dict()}
         click.echo(json.dumps(record))
     else:
+        click.echo()
         click.secho(_stats_line(stats), err=True, dim=True)
 
 
@@ -222,7 +226,8 @@ def _prompt_messages(prompt, stdin_prompt, messages_file, system) -> list[dict]:
     if messages_file is not None:
         messages = read_messages(messages_file)
     else:
-        text = sys.stdin.read() if stdin_prompt == "-" else prompt
+        from_stdin = "-" in (stdin_prompt, prompt)  # mlx-lm's `--prompt -` reads stdin too
+        text = sys.stdin.read() if from_stdin else prompt
         if not text.strip():
             raise ZephyrError("the prompt is empty")
         messages = [{"role": "user", "content": text}]
@@ -345,6 +350,8 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
 
 @cli.command()
 @click.argument("model", required=False)
+@click.option("--model", "-m", "model_opt", default=None, metavar="MODEL",
+              help="The same as the MODEL argument (as every other command takes it).")
 @click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4, 5, 6 or 8.")
 @click.option("--group-size", type=int, default=64, show_default=True,
               help="Weights per scale and bias: 32, 64 or 128.")
@@ -358,7 +365,7 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
 @click.option("--no-eval", is_flag=True, help="Skip the perplexity/KL quality report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
-def quantize(ctx, model, bits, group_size, dtype, head_bits, out, force, no_eval,
+def quantize(ctx, model, model_opt, bits, group_size, dtype, head_bits, out, force, no_eval,
              as_json) -> None:
     """Quantize MODEL (hub id, store name or directory) and report what it cost.
 
@@ -371,6 +378,9 @@ def quantize(ctx, model, bits, group_size, dtype, head_bits, out, force, no_eval
     from zephyr_local import display, store
     from zephyr_local import quantize as q
 
+    if model and model_opt and model != model_opt:
+        raise click.UsageError(f"two models given ({model!r} and --model {model_opt!r})")
+    model = model or model_opt
     opts = q.QuantizeOptions(bits=bits, group_size=group_size, dtype=dtype,
                              head_bits=head_bits, force=force, evaluate=not no_eval).validate()
     arg = model or store.DEFAULT_REPO
@@ -484,6 +494,16 @@ def bench(mode, model, cases, out_dir) -> None:
     paths = harness.write(run, out)
     click.echo(paths["md"].read_text())
     click.echo(f"Wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")
+
+
+from zephyr_local.export import register as _register_export  # noqa: E402
+
+_register_export(cli)
+
+# mlx-lm's flag names as aliases, from the one table in flags.py (after every command exists).
+from zephyr_local import flags as _flags  # noqa: E402
+
+_flags.install(cli)
 
 
 def main() -> None:

@@ -137,8 +137,14 @@ class _Recorder:
     def __init__(self, r: _Run, optimizer, plan, log: MetricsLog, result: RunResult, eval_obj):
         self.r, self.optimizer, self.plan, self.log = r, optimizer, plan, log
         self.result, self.eval_obj = result, eval_obj
+        # TRL's num_tokens: input tokens seen since the run began (a resumed run goes on
+        # from its log, which holds exactly the steps up to the checkpoint).
+        self.num_tokens = next((r["num_tokens"] for r in reversed(log.read())
+                                if "num_tokens" in r), 0)
 
     def step(self, record: dict) -> None:
+        self.num_tokens += record.get("num_tokens", 0)
+        record["num_tokens"] = self.num_tokens
         self.log.append(record)
         self.result.last = record
         self.r.emit("step", record)
@@ -147,7 +153,8 @@ class _Recorder:
         if self.eval_obj is None:
             return
         metrics = self.r.evaluate(self.eval_obj)
-        record = {"step": step, **{f"eval/{k}": v for k, v in metrics.items()}}
+        # Named as TRL's Trainer names evaluation metrics: eval_loss, eval_rewards/accuracies.
+        record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
         self.log.append(record)
         self.result.eval = record
         self.r.emit("eval", record)
