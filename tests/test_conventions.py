@@ -1,0 +1,141 @@
+"""Conventions shared with mlx-lm, TRL and Unix: flag aliases, JSON on stdout, stdin, modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import click
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from zephyr_local.cli import cli
+from zephyr_local.flags import MLX_LM_ALIASES
+
+GREEDY = ["-m", "zephyr-test", "--temp", "0", "--max-tokens", "6"]
+
+
+def test_every_mlx_lm_alias_parses_as_our_flag():
+    """Each alias reaches the same parameter as our name, on every command listed."""
+    checked = 0
+    for alias, where in MLX_LM_ALIASES.items():
+        for name, ours in where.items():
+            command = cli.commands[name]
+            value = "4" if "bits" in ours or "layers" in ours or "length" in ours else "7"
+            for flag in (ours, alias):
+                with click.Context(command) as ctx:
+                    parser = command.make_parser(ctx)
+                    params, _, _ = parser.parse_args([flag, value])
+                target = next(p.name for p in command.params if ours in getattr(p, "opts", []))
+                assert params.get(target) == value, (name, flag)
+            checked += 1
+    assert checked >= 20  # the table is not empty by accident
+
+
+def test_aliases_run_end_to_end(run_cli, tmp_path):
+    """mlx-lm's spellings on real commands: generate and a short sft run."""
+    ours = run_cli("generate", *GREEDY, "--system", "Be brief.", "-p", "Hi", "--json")
+    theirs = run_cli("generate", *GREEDY, "--system-prompt", "Be brief.", "-p", "Hi", "--json")
+    assert ours.exit_code == theirs.exit_code == 0, theirs.output
+    assert json.loads(ours.stdout)["text"] == json.loads(theirs.stdout)["text"]
+    out = tmp_path / "sft"
+    r = run_cli("sft", "-m", "zephyr-test", "--data", "example:sft", "--adapter-path", str(out),
+                "--num-layers", "1", "--lora-rank", "2", "--grad-accumulation-steps", "2",
+                "--max-seq-length", "64", "--steps-per-eval", "1", "--iters", "1",
+                "--batch-size", "1")
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["lora"]["layers"] == 1 and config["grad_accumulation"] == 2
+    assert config["data_config"]["max_length"] == 64 and config["eval_every"] == 1
+
+
+def test_generate_json_is_only_json(run_cli):
+    r = run_cli("generate", *GREEDY, "-p", "Hi", "--json")
+    assert r.exit_code == 0, r.output
+    record = json.loads(r.stdout)  # the whole of stdout: one object
+    assert set(record) >= {"text", "finish_reason", "prompt_tokens", "generation_tps"}
+    s = run_cli("generate", *GREEDY, "-p", "Hi", "--json-stream")
+    lines = [json.loads(line) for line in s.stdout.splitlines()]
+    assert all("text" in x and "token" in x for x in lines[:-1]) and len(lines) >= 2
+    assert "".join(x["text"] for x in lines[:-1]) == lines[-1]["text"] == record["text"]
+    assert lines[-1]["finish_reason"] == record["finish_reason"]
+
+
+def test_prompt_dash_reads_stdin(run_cli):
+    piped = run_cli("generate", *GREEDY, "--prompt", "-", "--json", input="Hello there")
+    given = run_cli("generate", *GREEDY, "--prompt", "Hello there", "--json")
+    assert piped.exit_code == 0, piped.output
+    assert json.loads(piped.stdout) ["text"] == json.loads(given.stdout)["text"]
+    assert json.loads(piped.stdout)["prompt_tokens"] == json.loads(given.stdout)["prompt_tokens"]
+
+
+def test_quantize_takes_dash_m_like_every_command(run_cli, tmp_path):
+    args = ["--bits", "4", "--group-size", "32", "--no-eval", "--json"]
+    r = run_cli("quantize", "-m", "zephyr-test", "--out", str(tmp_path / "q"), *args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["bits"] == 4
+    r = run_cli("quantize", "zephyr-test", "--hf-path", "other", "--mlx-path", str(tmp_path / "x"),
+                *args)
+    assert r.exit_code == 2 and "two models" in r.stderr
+
+
+def test_dpo_logits_metrics_are_trls(run_cli, test_model, tmp_path):
+    """logits/chosen = mean of the policy's logits over every completion token and the
+    vocabulary (TRL's `logits[loss_mask].mean()`), computed here with a full forward."""
+    from zephyr_local.loading import load
+    from zephyr_local.train.config import DataConfig
+    from zephyr_local.train.data import load_dataset, pref_batch
+
+    out = tmp_path / "dpo"
+    r = run_cli("dpo", "-m", "zephyr-test", "--data", "example:prefs", "--out", str(out),
+                "--iters", "1", "--batch-size", "4", "--lora-rank", "2", "--warmup-ratio", "0",
+                "--max-length", "96")
+    assert r.exit_code == 0, r.output
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    loaded = load(test_model)  # step-1 metrics are measured before the update: the base
+    ds = load_dataset("example:prefs", "dpo", loaded.tokenizer, DataConfig(max_length=96))
+    from zephyr_local.train.trainer import make_plan
+    from zephyr_local.train.config import TrainConfig
+
+    plan = make_plan(TrainConfig(batch_size=4, iters=1), len(ds))
+    batch = [ds.examples[i] for i in plan.micro_batch(0)]
+    tokens, mask = pref_batch(batch)
+    logits = np.array(loaded.model(mx.array(tokens[:, :-1])).astype(mx.float32))  # [2B, L-1, V]
+    b = len(batch)
+    for key, rows in (("logits/chosen", slice(0, b)), ("logits/rejected", slice(b, 2 * b))):
+        expected = logits[rows][mask[rows] > 0].mean()
+        assert first[key] == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
+
+
+def test_sft_num_tokens_is_cumulative(run_cli, tmp_path):
+    out = tmp_path / "sft"
+    r = run_cli("sft", "-m", "zephyr-test", "--data", "example:sft", "--out", str(out),
+                "--iters", "3", "--batch-size", "2", "--lora-rank", "2")
+    assert r.exit_code == 0, r.output
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if "num_tokens" in s and "loss" in s]
+    totals = [s["num_tokens"] for s in steps]
+    assert len(totals) == 3 and totals[0] > 0
+    assert all(later > earlier for earlier, later in zip(totals, totals[1:]))
+
+
+def test_written_files_follow_the_umask(run_cli, tmp_path):
+    """Adapters, configs, metrics, plots: 0644 under umask 022, as a plain open() gives."""
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "sft"
+        r = run_cli("sft", "-m", "zephyr-test", "--data", "example:sft", "--out", str(out),
+                    "--iters", "1", "--batch-size", "2", "--lora-rank", "2")
+        assert r.exit_code == 0, r.output
+        from zephyr_local.atomic import write_text
+
+        write_text(tmp_path / "note.txt", "x")
+    finally:
+        os.umask(old)
+    files = [p for p in out.rglob("*") if p.is_file()] + [tmp_path / "note.txt"]
+    assert {"adapters.safetensors", "adapter_config.json", "metrics.png",
+            "run_config.json"} <= {p.name for p in files}
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert set(modes.values()) == {0o644}, modes
