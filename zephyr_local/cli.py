@@ -256,7 +256,9 @@ def models(ctx, as_json: bool) -> None:
     """
     from zephyr_local import store
 
-    rows = store.list_models(_store(ctx))
+    from zephyr_local.hfcache import HF_CACHE_MARK, cached_models
+
+    rows = store.list_models(_store(ctx)) + cached_models()
     if as_json:
         click.echo(json.dumps([{**r.__dict__, "path": str(r.path)} for r in rows], indent=2))
         return
@@ -267,7 +269,7 @@ def models(ctx, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Models in {_store(ctx)}")
+    table = Table(title=f"Models in {_store(ctx)} and the Hugging Face cache")
     table.add_column("name", no_wrap=True)
     for col in ("size", "dtype", "quant", "bits/w"):
         table.add_column(col)
@@ -275,7 +277,8 @@ def models(ctx, as_json: bool) -> None:
     for r in rows:
         quant = f"{r.bits}-bit g{r.group_size}" if r.bits else "-"
         bpw = f"{r.bits_per_weight:.2f}" if r.bits_per_weight else "?"
-        table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, r.error or quant, bpw, str(r.path))
+        name = f"{r.name} [dim](HF cache)[/]" if r.source == HF_CACHE_MARK else r.name
+        table.add_row(name, human_bytes(r.size_bytes), r.dtype, r.error or quant, bpw, str(r.path))
     Console().print(table)
 
 
@@ -337,6 +340,11 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
         click.echo("The partial download is kept: the same command resumes it.", err=True)
         raise
     size = human_bytes(result.size_bytes)
+    if result.from_hf_cache:
+        click.echo(f"{repo_id} is already complete in the Hugging Face cache: {result.path} "
+                   f"({size}); using it there (no second copy). --force downloads it into "
+                   "the store.")
+        return
     if result.already_present:
         click.echo(f"{repo_id} is already in the store: {result.path} ({size}). "
                    "Use --force to download it again.")

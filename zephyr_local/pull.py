@@ -54,6 +54,7 @@ class PullResult:
     size_bytes: int
     already_present: bool = False
     downloaded_bytes: int = 0
+    from_hf_cache: bool = False  # found complete in the Hugging Face cache: nothing copied
 
 
 def pull(
@@ -95,6 +96,9 @@ def pull(
             )
         return PullResult(target, repo_id, source.get("commit"), dir_size(target),
                           already_present=True)
+    cached = None if force else _from_hf_cache(repo_id, revision)
+    if cached is not None:
+        return cached
     partial_root = store / PARTIAL_DIR
     partial_root.mkdir(parents=True, exist_ok=True)
     with _exclusive(partial_root / f"{target.name}.lock", repo_id):
@@ -115,6 +119,18 @@ def pull(
         })
         _state_path(partial).unlink(missing_ok=True)
     return PullResult(target, repo_id, commit, dir_size(target), downloaded_bytes=downloaded)
+
+
+def _from_hf_cache(repo_id: str, revision: str | None) -> PullResult | None:
+    """The repo, complete in the Hugging Face cache (mlx-lm's download, say): used where
+    it is, since every command resolves the hub id to it; no request, no second copy."""
+    from zephyr_local.hfcache import usable_snapshot
+
+    path = usable_snapshot(repo_id, revision)
+    if path is None:
+        return None
+    return PullResult(path, repo_id, path.name, dir_size(path), already_present=True,
+                      from_hf_cache=True)
 
 
 def list_files(repo_id: str, revision: str | None = None) -> tuple[str, list[RemoteFile]]:
