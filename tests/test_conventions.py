@@ -17,6 +17,12 @@ from zephyr_local.flags import MLX_LM_ALIASES
 GREEDY = ["-m", "zephyr-test", "--temp", "0", "--max-tokens", "6"]
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path_factory, monkeypatch):
+    """Reference caches go to a temp home, not the checkout."""
+    monkeypatch.setenv("ZEPHYR_LOCAL_HOME", str(tmp_path_factory.getbasetemp() / "conv-home"))
+
+
 def test_every_mlx_lm_alias_parses_as_our_flag():
     """Each alias reaches the same parameter as our name, on every command listed."""
     checked = 0
@@ -139,3 +145,62 @@ def test_written_files_follow_the_umask(run_cli, tmp_path):
             "run_config.json"} <= {p.name for p in files}
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
     assert set(modes.values()) == {0o644}, modes
+
+
+def test_sft_json_is_one_summary_object(run_cli, tmp_path):
+    r = run_cli("sft", "-m", "zephyr-test", "--data", "example:sft", "--out", str(tmp_path / "s"),
+                "--iters", "2", "--batch-size", "2", "--lora-rank", "2", "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["steps"] == summary["total_steps"] == 2 and summary["kind"] == "sft"
+    assert summary["last_step"]["step"] == 2 and "eval_loss" in summary["eval"]
+
+
+def test_evaluate_table_on_a_terminal_json_when_piped(run_cli, tmp_path, monkeypatch, test_model):
+    from zephyr_local import display
+    from zephyr_local.train.evaluate import evaluate
+
+    seen = []
+    result = evaluate(test_model, "example:prefs", progress=lambda d, t, w: seen.append((d, t, w)),
+                      cache_dir=tmp_path / "cache")
+    done = [d for d, _, _ in seen]
+    assert done == sorted(done) and seen[-1][0] == seen[-1][1]  # never back to zero, ends full
+    assert {w for _, _, w in seen} == {"tokenizing", "reference", "policy"}
+    assert result["eval_loss"] == pytest.approx(np.log(2), abs=1e-5)  # base vs base
+    piped = run_cli("evaluate", "-m", "zephyr-test", "--data", "example:prefs")
+    assert json.loads(piped.stdout)["eval_loss"] == pytest.approx(result["eval_loss"], abs=1e-5)
+    monkeypatch.setattr(display, "stdout_is_terminal", lambda: True)
+    table = run_cli("evaluate", "-m", "zephyr-test", "--data", "example:prefs")
+    assert table.exit_code == 0 and "eval_rewards/accuracies" in table.stdout
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(table.stdout)
+    forced = run_cli("evaluate", "-m", "zephyr-test", "--data", "example:prefs", "--json")
+    assert json.loads(forced.stdout)["pairs"] == result["pairs"]
+
+
+def test_info_is_a_paste_ready_block(run_cli, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    r = run_cli("info")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "```text" and lines[-1] == "```"
+    text = "\n".join(lines)
+    for key in ("OS", "Python", "mlx", "mlx-lm", "transformers", "huggingface_hub", "textual",
+                "backend", "device", "BLAS", "models dir", "HF cache"):
+        assert any(line.strip().startswith(f"{key}:") for line in lines), key
+    assert "offline: yes" in text and str(hf_constants.HF_HUB_CACHE) in text
+
+
+def test_bench_hardware_case_alone_measures_decode(test_model, monkeypatch):
+    from zephyr_local.bench import harness, report
+
+    tiny = {**harness.MODES["quick"], "max_tokens": 4, "repeats": 1, "bandwidth_mb": 8}
+    monkeypatch.setitem(harness.MODES, "quick", tiny)
+    run = harness.run("quick", str(test_model), ["hardware"])
+    details = run.results[0].details
+    assert details["decode_tok_s"] > 0 and details["fraction_of_ceiling"] > 0
+    record = {"mode": "quick", "date": "d", "model": str(test_model), "machine": run.machine,
+              "cases": [c.as_dict() for c in run.results]}
+    assert "decode reached 0 tok/s" not in report.markdown(record)

@@ -116,31 +116,19 @@ def read_messages(source: str) -> list[dict]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def info(ctx: click.Context, as_json: bool) -> None:
-    """Show the backend, device, memory, versions, BLAS and model store.
+    """Show the OS, Python, package versions, backend, device, BLAS, paths and offline state.
+
+    The output is a fenced block to paste into a bug report as it is.
 
     Example: zephyr-local info
     """
-    from zephyr_local import backend
+    from zephyr_local import report
 
-    data = backend.describe()
-    data["models_dir"] = str(_store(ctx))
+    data = report.gather(_store(ctx))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    gib = data.get("memory_bytes", 0) / 2**30
-    lines = [
-        ("backend", data["backend"]),
-        ("device", data["device"]),
-        ("memory", f"{gib:.1f} GiB"),
-        ("BLAS", f"{data['blas']} ({data['blas_detail']})"),
-        ("mlx", data["mlx_version"]),
-        ("mlx-lm", data["mlx-lm_version"]),
-        ("textual", data["textual_version"]),
-        ("zephyr-local", data["zephyr-local_version"]),
-        ("models dir", data["models_dir"]),
-    ]
-    for key, value in lines:
-        click.echo(f"{key:>13}: {value}")
+    click.echo(report.block(data))
 
 
 @cli.command()
@@ -496,8 +484,13 @@ def bench(mode, model, cases, out_dir) -> None:
 
     if model is not None:
         model = str(store.resolve_model(model))
-    run = harness.run(mode, model, list(cases) or None,
-                      progress=lambda msg: click.echo(f"... {msg}", err=True))
+    from zephyr_local import display
+
+    with display.ProgressBars() as bars:
+        cases_bar = bars("Benchmark")
+        run = harness.run(mode, model, list(cases) or None,
+                          progress=lambda msg: bars.progress.console.print(f"... {msg}"),
+                          on_case=lambda done, total, name: cases_bar(done, total, name))
     out = Path(out_dir) if out_dir else store.home_dir() / "benchmarks" / "results"
     paths = harness.write(run, out)
     click.echo(paths["md"].read_text())

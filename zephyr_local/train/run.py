@@ -65,10 +65,17 @@ class _Run:
         self.loaded = loading.load(self.model_path)
         self.model = self.loaded.model
         tok, dc = self.loaded.tokenizer, cfg.data_config
-        self.train = load_dataset(cfg.data, cfg.kind, tok, dc, "train")
+        self.train = load_dataset(cfg.data, cfg.kind, tok, dc, "train",
+                                  progress=self.work("tokenizing train data"))
         src = _eval_source(cfg)
-        self.valid = load_dataset(src, cfg.kind, tok, dc, "valid") if src else None
+        self.valid = load_dataset(src, cfg.kind, tok, dc, "valid",
+                                  progress=self.work("tokenizing eval data")) if src else None
         self.emit("data", {"train": self.train, "eval": self.valid})
+
+    def work(self, what: str):
+        """A (done, total) callback that reports a long step before training starts."""
+        return lambda done, total: self.emit("work", {"what": what, "done": done,
+                                                      "total": total})
 
     def attach_lora(self) -> None:
         mx.random.seed(self.cfg.seed)  # LoRA A init
@@ -91,7 +98,8 @@ class _Run:
         start = Path(self.cfg.resume_adapter) if self.cfg.resume_adapter else None
         fp = model_fingerprint(self.model_path, start)
         ref, hit, path = reference_logps(self.model, seqs, fp, self.cache_dir,
-                                         self.cfg.batch_size * 2, base_only=start is None)
+                                         self.cfg.batch_size * 2, base_only=start is None,
+                                         progress=self.work(f"reference log-probs ({tag})"))
         self.emit("reference", {"data": tag, "cached": hit, "path": str(path), "rows": len(seqs)})
         ref = ref.reshape(2, len(ds.examples))
         c = self.cfg
