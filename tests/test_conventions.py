@@ -204,3 +204,22 @@ def test_bench_hardware_case_alone_measures_decode(test_model, monkeypatch):
     record = {"mode": "quick", "date": "d", "model": str(test_model), "machine": run.machine,
               "cases": [c.as_dict() for c in run.results]}
     assert "decode reached 0 tok/s" not in report.markdown(record)
+
+
+def test_shell_completion_offers_store_models(test_model, tmp_path):
+    """click's completion protocol, as the shell runs it: model names from the store."""
+    import shutil
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    shutil.copytree(test_model, home / "models" / "zephyr-test")
+    shutil.copytree(test_model, home / "models" / "other-model")
+    for words, cword in (("zephyr-local generate -m zep", "3"), ("zephyr-local quantize ze", "2"),
+                         ("zephyr-local dpo --model o", "3")):
+        env = {**os.environ, "ZEPHYR_LOCAL_HOME": str(home), "COMP_WORDS": words,
+               "COMP_CWORD": cword, "_ZEPHYR_LOCAL_COMPLETE": "bash_complete"}
+        out = subprocess.run([sys.executable, "-c", "from zephyr_local.cli import main; main()"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        expected = "other-model" if words.endswith(" o") else "zephyr-test"
+        assert out.stdout.split() == [f"plain,{expected}"], (words, out.stdout, out.stderr)

@@ -505,6 +505,7 @@ _register_export(cli)
 from zephyr_local import flags as _flags  # noqa: E402
 
 _flags.install(cli)
+_flags.install_model_completion(cli)
 
 
 def main() -> None:

@@ -56,3 +56,29 @@ def install(group: click.Group) -> None:
                 raise LookupError(f"alias {alias}: `{name}` has no {ours} option")
             if alias not in option.opts:
                 option.opts.append(alias)
+
+
+def complete_models(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Shell completion of a model argument: the store's names, then the HF cache's ids."""
+    from zephyr_local import store
+    from zephyr_local.hfcache import cached_models
+
+    root = ctx.find_root()
+    store_dir = store.models_dir((root.obj or {}).get("models_dir")
+                                 or root.params.get("models_dir"))
+    names = [p.name for p in store._store_entries(store_dir)]
+    if "/" in incomplete or not names:
+        names += [m.name for m in cached_models()]
+    return [click.shell_completion.CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
+def install_model_completion(group: click.Group) -> None:
+    """Every `--model`/`-m` option and MODEL argument completes model names.
+
+    Set after the commands exist, so the commands' own modules stay as they are.
+    """
+    for command in group.commands.values():
+        for param in command.params:
+            names = getattr(param, "opts", [])
+            if "--model" in names or (isinstance(param, click.Argument) and param.name == "model"):
+                param._custom_shell_complete = complete_models  # click's completion hook
