@@ -89,6 +89,11 @@ def export_gguf(model_dir: Path, model, config: dict, path: Path, name: str) -> 
 
     if config.get("quantization"):
         raise ZephyrError("a GGUF export needs float weights: dequantize first")
+    if not (model_dir / "tokenizer.model").exists():
+        # mlx-lm's exporter writes a sentencepiece ("llama") vocabulary; a byte-level BPE
+        # tokenizer (SmolLM2's, say) would need llama.cpp's "gpt2" one, with its merges.
+        raise ZephyrError(f"{model_dir}: no tokenizer.model: GGUF export supports "
+                          "sentencepiece tokenizers (Zephyr, Mistral, Llama 2)")
     if not (model_dir / "tokenizer.json").exists():
         raise ZephyrError(f"{model_dir}: no tokenizer.json, which the GGUF vocabulary is read from")
     weights = dict(tree_flatten(model.parameters()))
