@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from fakehub import FakeHub
 from test_pull import PICKLES, REPO, pointed_at, zl
+
+from zephyr_local.store import MODEL_FILE_PATTERNS, NOT_MODEL_FILE_PATTERNS
 
 
 @pytest.fixture
@@ -49,3 +52,32 @@ def test_force_still_downloads_into_the_store(cached_repo, tmp_path):
     assert r.exit_code == 0, r.output
     assert (store / "zephyr-test" / "model.safetensors").read_bytes() == files["model.safetensors"]
     assert any("/resolve/" in path for path in hub.paths_requested())
+
+
+def test_a_pulled_model_is_one_copy_that_huggingface_hub_finds(cached_repo, tmp_path):
+    """`pull` downloads into the Hugging Face cache's own layout: huggingface_hub (and so
+    mlx-lm) finds the repo offline, its scan reports no corruption, and the store's entry
+    points at the same bytes instead of holding a second copy."""
+    from huggingface_hub import scan_cache_dir, snapshot_download
+
+    from zephyr_local.hfcache import cache_dir
+
+    hub, files = cached_repo
+    import shutil
+
+    shutil.rmtree(cache_dir())  # start from an empty cache: this pull must download
+    store = tmp_path / "store"
+    r = zl(store, "pull", REPO)
+    assert r.exit_code == 0, r.output
+    assert any("/resolve/" in p for p in hub.paths_requested())
+    snapshot = snapshot_download(REPO, local_files_only=True, allow_patterns=MODEL_FILE_PATTERNS,
+                                 ignore_patterns=NOT_MODEL_FILE_PATTERNS)
+    model = store / "zephyr-test"
+    for name, data in files.items():
+        assert (model / name).read_bytes() == data == (Path(snapshot) / name).read_bytes()
+        assert (model / name).resolve() == (Path(snapshot) / name).resolve()  # one copy
+    info = scan_cache_dir(cache_dir())
+    assert not info.warnings and [x.repo_id for x in info.repos] == [REPO]
+    assert info.size_on_disk == sum(len(d) for d in files.values())  # nothing twice
+    listed = json.loads(zl(store, "models", "--json").stdout)
+    assert [(m["name"], m["source"]) for m in listed] == [("zephyr-test", REPO)]  # not twice

@@ -250,7 +250,8 @@ def models(ctx, as_json: bool) -> None:
 
     from zephyr_local.hfcache import HF_CACHE_MARK, cached_models
 
-    rows = store.list_models(_store(ctx)) + cached_models()
+    rows = store.list_models(_store(ctx))
+    rows += cached_models(exclude={r.source for r in rows if r.source})
     if as_json:
         click.echo(json.dumps([{**r.__dict__, "path": str(r.path)} for r in rows], indent=2))
         return

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from zephyr_local import loading
+from zephyr_local import hfcache, loading
 from zephyr_local.atomic import dir_size, human_bytes, replace_dir, write_text
 from zephyr_local.download import ProgressFn, RemoteFile, Tracker, download_file, part_path
 from zephyr_local.errors import ModelFormatError, ModelNotFoundError, ZephyrError
@@ -113,9 +113,13 @@ def pull(
         notify(f"Pulling {repo_id} @ {commit[:12]}: {len(files)} files, {human_bytes(tracker.total)}"
                f" ({len(files) - len(todo)} already here)")
         downloaded = _download_all(repo_id, commit, partial, todo, tracker)
+        loading.check_model_dir(partial)
+        # One copy on disk, in the Hugging Face cache where mlx-lm finds it by hub id too.
+        shared = hfcache.adopt(partial, repo_id, commit, revision, files)
         _finish(partial, target, {
             "repo_id": repo_id, "revision": revision or "main", "commit": commit,
             "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "hf_cache": str(hfcache.cache_dir()) if shared else None,
         })
         _state_path(partial).unlink(missing_ok=True)
     return PullResult(target, repo_id, commit, dir_size(target), downloaded_bytes=downloaded)
@@ -124,9 +128,7 @@ def pull(
 def _from_hf_cache(repo_id: str, revision: str | None) -> PullResult | None:
     """The repo, complete in the Hugging Face cache (mlx-lm's download, say): used where
     it is, since every command resolves the hub id to it; no request, no second copy."""
-    from zephyr_local.hfcache import usable_snapshot
-
-    path = usable_snapshot(repo_id, revision)
+    path = hfcache.usable_snapshot(repo_id, revision)
     if path is None:
         return None
     return PullResult(path, repo_id, path.name, dir_size(path), already_present=True,
