@@ -218,7 +218,6 @@ def test_fuse_dequantize_gives_a_float_model(run_cli, lora_adapter, tmp_path, pu
     config = json.loads((out / "config.json").read_text())
     assert "quantization" not in config
     from zephyr_local.loading import load
-
     from zephyr_local.train.lora import load_adapter_into
 
     adapted = load(q).model

@@ -247,7 +247,6 @@ def models(ctx, as_json: bool) -> None:
     Example: zephyr-local models
     """
     from zephyr_local import store
-
     from zephyr_local.hfcache import HF_CACHE_MARK, cached_models
 
     rows = store.list_models(_store(ctx))
@@ -555,12 +554,12 @@ def bench(mode, model, cases, out_dir) -> None:
     click.echo(f"Wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")
 
 
-from zephyr_local.export import register as _register_export  # noqa: E402
+from zephyr_local.export import register as _register_export
 
 _register_export(cli)
 
 # mlx-lm's flag names as aliases, from the one table in flags.py (after every command exists).
-from zephyr_local import flags as _flags  # noqa: E402
+from zephyr_local import flags as _flags
 
 _flags.install(cli)
 _flags.install_model_completion(cli)

@@ -116,8 +116,8 @@ def _model_card(title: str, base: str | None, adapter: Path, opts: FuseOptions) 
         yaml_header(base, tags),
         f"# {title}",
         "",
-        "Base model"
-        f" `{base or 'a local model'}` with the adapter `{Path(adapter).name}` merged in{quant},",
+        (f"Base model `{base or 'a local model'}` with the adapter `{Path(adapter).name}` "
+         f"merged in{quant},"),
         "made by `zephyr-local fuse`.",
         "",
         "Use: `zephyr-local chat -m <this directory>`, or `mlx_lm.load(<this directory>)`.",
