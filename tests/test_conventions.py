@@ -224,3 +224,25 @@ def test_shell_completion_offers_store_models(test_model, tmp_path):
                              env=env, capture_output=True, text=True, timeout=60, check=False)
         expected = "other-model" if words.endswith(" o") else "zephyr-test"
         assert out.stdout.split() == [f"plain,{expected}"], (words, out.stdout, out.stderr)
+
+
+def test_benchmark_chart_is_log_scale_with_values_and_goal_legend():
+    import matplotlib.pyplot as plt
+
+    from zephyr_local.bench.report import figure
+
+    def row(metric, value, goal, met):
+        return {"case": "c", "metric": metric, "ratio": value, "goal": goal, "met": met}
+
+    record = {"date": "d", "machine": {"device": "cpu"}, "cases": [{"ratios": [
+        row("a", 0.961, ">= 0.98", False), row("b", 0.987, ">= 0.98", True),
+        row("c", 9.517, "-", None)]}]}
+    fig = figure(record)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.texts] == ["0.961", "0.987", "9.52"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "goal" in labels and "goal met" in labels and "goal missed" in labels
+    lo, hi = ax.get_xlim()
+    assert lo < 0.961 and hi > 9.517
+    plt.close(fig)

@@ -55,6 +55,15 @@ def markdown(record: dict) -> str:
 
 
 def chart(record: dict, path: Path) -> None:
+    """The PNG of `figure(record)`."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(record)
+    write_via(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def figure(record: dict):
     """A bar per ratio from parity (1) on a log axis, its value printed, goals marked.
 
     A log axis keeps a 9.5x row and the 0.96-0.99 rows readable side by side, and
@@ -96,5 +105,4 @@ def chart(record: dict, path: Path) -> None:
     ax.set_title(f"zephyr-local benchmark, {record['machine'].get('device')}, {record['date']}",
                  fontsize=9)
     fig.tight_layout()
-    write_via(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    return fig
