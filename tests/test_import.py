@@ -132,7 +132,7 @@ def test_mlx_tensors_dequantize_to_the_gguf_values(zephyr_quant_gguf, tmp_path):
 def test_real_gguf_import_matches_numpy_and_loads_in_mlx_lm(smollm2_model):
     from mlx_lm import load
 
-    model, tok = load(str(smollm2_model))  # mlx-lm itself loads the output directory
+    _model, tok = load(str(smollm2_model))  # mlx-lm itself loads the output directory
     ids = tok.encode("The capital of France is")
     assert_close(mlx_logits(smollm2_model, ids), numpy_logits(smollm2_gguf_path(), ids))
     config = json.loads((smollm2_model / "config.json").read_text())

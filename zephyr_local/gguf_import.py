@@ -189,7 +189,9 @@ def build_config(reader, tensor_names: set[str], dtype: str) -> dict:
     return config
 
 
-def convert_tensors(reader, config: dict, dtype: str, dst: Path, progress=None) -> tuple:
+def convert_tensors(
+    reader, config: dict, dtype: str, dst: Path, progress=None, dequantize: bool = False
+) -> tuple:
     """Write the weights with mlx-lm's names into `dst`, one tensor at a time.
 
     Returns:
@@ -207,7 +209,7 @@ def convert_tensors(reader, config: dict, dtype: str, dst: Path, progress=None) 
         types[kind] = types.get(kind, 0) + 1
         target = hf_name(tensor.name)
         base = target.rsplit(".", 1)[0]
-        if kind in gguf_tensors.LAYOUT:
+        if kind in gguf_tensors.LAYOUT and not dequantize:
             weight, scales, biases = gguf_tensors.repack(tensor.data, kind)
             arrays = {f"{base}.weight": weight, f"{base}.scales": scales,
                       f"{base}.biases": biases}
@@ -223,7 +225,7 @@ def convert_tensors(reader, config: dict, dtype: str, dst: Path, progress=None) 
         if progress:
             progress(i + 1, len(reader.tensors), tensor.name)
     writer.close()
-    kept = sum(n for k, n in types.items() if k in gguf_tensors.LAYOUT)
+    kept = 0 if dequantize else sum(n for k, n in types.items() if k in gguf_tensors.LAYOUT)
     floats = sum(n for k, n in types.items() if k in gguf_tensors.FLOAT_TYPES)
     stats = {"types": types, "kept": kept, "dequantized": sum(types.values()) - kept - floats}
     return _quantization_block(layer_bits), stats
@@ -258,6 +260,7 @@ def import_gguf(
     *,
     dtype: str = "float32",
     force: bool = False,
+    dequantize: bool = False,
     origin: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> ImportReport:
@@ -268,6 +271,7 @@ def import_gguf(
         out: the model directory to write.
         dtype: float type of scales, biases and float tensors.
         force: replace `out` if it exists.
+        dequantize: write every tensor as float (a source for `quantize`).
         origin: what the user named (an `ollama:` reference), for the model card.
         progress: called as progress(done, total, tensor_name).
     """
@@ -289,7 +293,8 @@ def import_gguf(
     config = build_config(reader, names, dtype)
     params = sum(int(t.n_elements) for t in reader.tensors)
     with atomic_dir(out) as tmp:
-        quantization, stats = convert_tensors(reader, config, dtype, tmp, progress)
+        quantization, stats = convert_tensors(
+            reader, config, dtype, tmp, progress, dequantize)
         if quantization:
             config["quantization"] = quantization
             config["quantization_config"] = quantization
