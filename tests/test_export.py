@@ -225,3 +225,33 @@ def test_fuse_dequantize_gives_a_float_model(run_cli, lora_adapter, tmp_path, pu
     # float16 weights either way: logits of size ~2 agree to float16 round-off
     diff = mx.abs(load(out).model(IDS).astype(mx.float32) - adapted(IDS).astype(mx.float32))
     assert diff.max().item() < 0.05 and diff.mean().item() < 5e-3
+
+
+def test_gguf_round_trip_through_import_gives_the_same_model(run_cli, pulled_model,
+                                                               lora_adapter, tmp_path):
+    """Our GGUF, read back by `import` (which undoes llama.cpp's layout on its own):
+    the same logits as the fused MLX model, and a tokenizer rebuilt from the GGUF's
+    vocabulary and scores that encodes text as Zephyr's does."""
+    from zephyr_local.loading import load
+
+    fused, back = tmp_path / "g", tmp_path / "back"
+    r = run_cli("fuse", "-m", str(pulled_model), "--adapter", str(lora_adapter), "--out",
+                str(fused), "--export-gguf")
+    assert r.exit_code == 0, r.output
+    r = run_cli("import", str(fused / "ggml-model-f16.gguf"), "--out", str(back))
+    assert r.exit_code == 0, r.output
+    ours, theirs = load(fused), load(back)
+    a = ours.model(IDS).astype(mx.float32)
+    b = theirs.model(IDS).astype(mx.float32)
+    assert mx.abs(a - b).max().item() < 0.05  # float16 weights in the GGUF
+    from zephyr_local.quality import eval_text
+
+    text = eval_text()[:4000] + " naïve café 3.14159"  # ordinary prose: merges by score
+    assert theirs.tokenizer.encode(text) == ours.tokenizer.encode(text)
+
+
+def test_gguf_export_refuses_a_bpe_tokenizer_before_any_work(run_cli, smollm2_model, tmp_path):
+    out = tmp_path / "x"
+    r = run_cli("fuse", "-m", str(smollm2_model), "--adapter", str(tmp_path / "none"), "--out",
+                str(out), "--export-gguf")
+    assert r.exit_code != 0 and "sentencepiece" in r.stderr and not out.exists()

@@ -59,6 +59,19 @@ def _vocab(model_dir: Path):
     return Vocab(model_dir)
 
 
+def check_tokenizer(model_dir: Path) -> None:
+    """The tokenizer files the export needs, or a ZephyrError naming what is missing."""
+    from zephyr_local.errors import ZephyrError
+
+    if not (model_dir / "tokenizer.model").exists():
+        # mlx-lm's exporter writes a sentencepiece ("llama") vocabulary; a byte-level BPE
+        # tokenizer (SmolLM2's, say) would need llama.cpp's "gpt2" one, with its merges.
+        raise ZephyrError(f"{model_dir}: no tokenizer.model: GGUF export supports "
+                          "sentencepiece tokenizers (Zephyr, Mistral, Llama 2)")
+    if not (model_dir / "tokenizer.json").exists():
+        raise ZephyrError(f"{model_dir}: no tokenizer.json, which the GGUF vocabulary is read from")
+
+
 def gguf_tensors(weights: dict, config: dict) -> dict:
     """mlx-lm's names and q/k permutation; float16 except norms (float32)."""
     import mlx.core as mx
@@ -89,13 +102,7 @@ def export_gguf(model_dir: Path, model, config: dict, path: Path, name: str) -> 
 
     if config.get("quantization"):
         raise ZephyrError("a GGUF export needs float weights: dequantize first")
-    if not (model_dir / "tokenizer.model").exists():
-        # mlx-lm's exporter writes a sentencepiece ("llama") vocabulary; a byte-level BPE
-        # tokenizer (SmolLM2's, say) would need llama.cpp's "gpt2" one, with its merges.
-        raise ZephyrError(f"{model_dir}: no tokenizer.model: GGUF export supports "
-                          "sentencepiece tokenizers (Zephyr, Mistral, Llama 2)")
-    if not (model_dir / "tokenizer.json").exists():
-        raise ZephyrError(f"{model_dir}: no tokenizer.json, which the GGUF vocabulary is read from")
+    check_tokenizer(model_dir)
     weights = dict(tree_flatten(model.parameters()))
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the command's own output
         metadata = prepare_metadata(config, _vocab(model_dir))

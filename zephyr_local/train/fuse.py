@@ -63,6 +63,10 @@ def fuse(model_path: Path, adapter: Path, out: Path, opts: FuseOptions | None = 
     out = Path(out).expanduser()
     if out.exists() and not opts.force:
         raise ZephyrError(f"{out} already exists: pass --force to replace it")
+    if opts.export_gguf:
+        from zephyr_local.gguf_export import check_tokenizer
+
+        check_tokenizer(Path(model_path))  # before any work, not after the merge
     total = 4 + opts.export_gguf
     step(0, total, "loading")
     loaded = loading.load(Path(model_path))
