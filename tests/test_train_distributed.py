@@ -108,8 +108,8 @@ def test_two_rank_dpo_equals_one_process(run_cli, model_store, files, tmp_path):
     assert out.count("Wrote adapter") == 1  # rank 0 alone reports and writes
     assert err.count("computed and cached") == 2  # reference of train and eval, sharded
     assert_same_run(tmp_path / "one", tmp_path / "two")
-    evals = [r for r in records(tmp_path / "two") if "eval/loss" in r]
-    assert [r["step"] for r in evals] == [2, 3] and evals[0]["eval/pairs"] == 6
+    evals = [r for r in records(tmp_path / "two") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 3] and evals[0]["eval_pairs"] == 6
     assert len(list((tmp_path / "h2" / "cache" / "reference").glob("*.npy"))) == 2
 
 

@@ -187,15 +187,17 @@ def scorer(dist: Dist):
     if dist.size == 1:
         return batched_logps
 
-    def score(model, seqs, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    def score(model, seqs, batch_size: int, with_logits: bool = False, progress=None) -> tuple:
         mine = dist.shard(np.arange(len(seqs)))
+        width = 3 if with_logits else 2
         if len(mine):
-            sums, counts = batched_logps(model, [seqs[i] for i in mine], batch_size)
+            cols = batched_logps(model, [seqs[i] for i in mine], batch_size, with_logits,
+                                 progress)
         else:
-            sums, counts = np.zeros(0, np.float32), np.zeros(0, np.float32)
-        local = np.stack([sums.astype(np.float32), counts.astype(np.float32)], axis=1)
+            cols = [np.zeros(0, np.float32)] * width
+        local = np.stack([c.astype(np.float32) for c in cols], axis=1)
         rows = dist.gather_rows(local, dist.sizes(len(seqs)), "the log-probs of the data")
-        return rows[:, 0], rows[:, 1]
+        return tuple(rows[:, j] for j in range(width))
 
     return score
 

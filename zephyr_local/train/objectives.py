@@ -20,11 +20,12 @@ from zephyr_local.train.losses import dpo_loss, pair_metrics
 
 def dpo_forward(model, tokens, mask, ref_w, ref_l, weight, loss_name, beta, eps):
     """One forward pass over chosen+rejected rows [2B, L]; returns (weighted loss, parts)."""
-    logps, counts = sequence_logps(model, tokens, mask)
+    logps, counts, logit_sums = sequence_logps(model, tokens, mask, with_logits=True)
     b = ref_w.shape[0]
     pw, pl = logps[:b], logps[b:]
     loss, parts = dpo_loss(loss_name, pw, pl, ref_w, ref_l, counts[:b], counts[b:], beta, eps)
-    return loss * weight, pw, pl, parts["losses"], parts["rewards_chosen"], parts["rewards_rejected"]
+    return (loss * weight, pw, pl, parts["losses"], parts["rewards_chosen"],
+            parts["rewards_rejected"], logit_sums, counts)
 
 
 def sft_forward(model, tokens, mask, weight):
@@ -59,17 +60,24 @@ class DPOObjective:
 
     @staticmethod
     def rows(outputs: list) -> np.ndarray:
-        """[pairs, 5] of this process's micro-batches: logp_w, logp_l, loss, rewards w, l."""
-        cols = [np.concatenate([np.array(o[i]) for o in outputs]) if outputs
-                else np.zeros(0, np.float32) for i in range(1, 6)]
-        return np.stack(cols, axis=1)
+        """[pairs, 9] of this process's micro-batches: logp w, l, loss, rewards w, l, and the
+        summed logits and token counts of chosen, then rejected."""
+        if not outputs:
+            return np.zeros((0, 9), np.float32)
+        cols = [np.concatenate([np.array(o[i]) for o in outputs]) for i in range(1, 6)]
+        for i in (6, 7):  # [2b] rows per micro-batch: chosen, then rejected
+            halves = [np.array(o[i]) for o in outputs]
+            cols += [np.concatenate([h[: len(h) // 2] for h in halves]),
+                     np.concatenate([h[len(h) // 2:] for h in halves])]
+        return np.stack([c.astype(np.float32) for c in cols], axis=1)
 
     @staticmethod
     def metrics(rows: np.ndarray, total: int) -> dict:
         """Per-pair rows of the whole step (every rank's) -> TRL's metrics for the step."""
-        pw, pl, losses, rc, rr = rows.T
-        return pair_metrics({"losses": losses, "rewards_chosen": rc, "rewards_rejected": rr},
-                            pw, pl)
+        pw, pl, losses, rc, rr, sw, sl, nw, nl = rows.T
+        metrics = pair_metrics({"losses": losses, "rewards_chosen": rc, "rewards_rejected": rr},
+                               pw, pl)
+        return {**metrics, **logit_metrics(sw, sl, nw, nl)}
 
 
 class SFTObjective:
@@ -101,29 +109,37 @@ class SFTObjective:
     @staticmethod
     def metrics(rows: np.ndarray, total: int) -> dict:
         """Mean cross-entropy per assistant token over the whole step (every rank's rows)."""
-        return {"loss": float(rows.astype(np.float64).sum()) / max(total, 1), "num_tokens": total}
+        return {"loss": float(rows.astype(np.float64).sum()) / max(total, 1)}
 
 
 def dpo_eval(model, examples, ref: np.ndarray, loss: str, beta: float, eps: float,
-             batch_size: int, score=batched_logps) -> dict:
+             batch_size: int, progress=None, score=batched_logps) -> dict:
     """DPO metrics of the policy on a preference set (per pair), plus the pair count.
 
-    `score(model, seqs, batch_size)` -> (log-prob sums, counts): batched_logps, or its
-    distributed form that splits the rows across ranks.
+    `score` is batched_logps, or its distributed form that splits the rows across ranks.
     """
     model.eval()
     seqs = [e.chosen for e in examples] + [e.rejected for e in examples]
-    logps, counts = score(model, seqs, batch_size)
+    logps, counts, logit_sums = score(model, seqs, batch_size, with_logits=True,
+                                      progress=progress)
     n = len(examples)
     arr = [mx.array(a) for a in (logps[:n], logps[n:], ref[0], ref[1], counts[:n], counts[n:])]
     _, parts = dpo_loss(loss, *arr, beta, eps)
-    return {"pairs": n, **pair_metrics(parts, arr[0], arr[1])}
+    return {"pairs": n, **pair_metrics(parts, arr[0], arr[1]),
+            **logit_metrics(logit_sums[:n], logit_sums[n:], counts[:n], counts[n:])}
 
 
-def sft_eval(model, examples, batch_size: int, score=batched_logps) -> dict:
+def logit_metrics(sums_w, sums_l, n_w, n_l) -> dict:
+    """TRL's logits/chosen and logits/rejected: the policy's logits averaged over every
+    completion token (and the vocabulary) of the chosen, resp. rejected, replies."""
+    return {"logits/chosen": float(np.sum(sums_w) / max(float(np.sum(n_w)), 1.0)),
+            "logits/rejected": float(np.sum(sums_l) / max(float(np.sum(n_l)), 1.0))}
+
+
+def sft_eval(model, examples, batch_size: int, progress=None, score=batched_logps) -> dict:
     """Token-level cross-entropy and perplexity over assistant tokens (`score`: see dpo_eval)."""
     model.eval()
-    logps, counts = score(model, examples, batch_size)
+    logps, counts = score(model, examples, batch_size, progress=progress)
     loss = float(-logps.sum() / max(counts.sum(), 1))
     return {"rows": len(examples), "tokens": int(counts.sum()), "loss": loss,
             "perplexity": math.exp(min(loss, 700))}

@@ -61,7 +61,7 @@ def cache_key(model_fp: str, seqs) -> str:
 
 
 def reference_logps(model, seqs, model_fp: str, cache_dir: Path, batch_size: int,
-                    base_only: bool, dist=None) -> tuple[np.ndarray, bool, Path]:
+                    base_only: bool, progress=None, dist=None) -> tuple[np.ndarray, bool, Path]:
     """Summed completion log-probs of `seqs` under the reference.
 
     Args:
@@ -71,6 +71,7 @@ def reference_logps(model, seqs, model_fp: str, cache_dir: Path, batch_size: int
         cache_dir: where cached arrays live.
         batch_size: rows per forward pass.
         base_only: switch the adapters off (a fresh run); False keeps a starting adapter.
+        progress: called as `progress(done, total)` after each batch that is computed.
         dist: a distributed.Dist: the ranks split the rows, every rank gets all of
             them, and rank 0 alone reads and writes the cache (its disk holds the run).
 
@@ -94,9 +95,9 @@ def reference_logps(model, seqs, model_fp: str, cache_dir: Path, batch_size: int
     score = scorer(dist)
     if base_only:
         with adapters_off(model):
-            logps, _ = score(model, seqs, batch_size)
+            logps, _ = score(model, seqs, batch_size, progress=progress)
     else:
-        logps, _ = score(model, seqs, batch_size)
+        logps, _ = score(model, seqs, batch_size, progress=progress)
     logps = logps.astype(np.float32)
     if dist.is_main:
         atomic_write_bytes(path, lambda p: _save_npy(p, logps))

@@ -136,10 +136,11 @@ def train_step(model, objective, optimizer, plan: Plan, step: int, cfg: TrainCon
     dt = time.perf_counter() - t0
     peak = dist.gather_rows(np.array([mx.get_peak_memory() / 1e9], np.float32), [1] * dist.size,
                             f"the memory report of step {step + 1}")
+    tokens = sum(objective.n_tokens(b) for b in batches)  # the whole job's, every rank's
     return {"step": step + 1, "epoch": round(plan.epoch_of(step + 1), 4), **metrics,
             "grad_norm": grad_norm, "learning_rate": float(optimizer.learning_rate.item()),
-            "tokens_per_second": sum(objective.n_tokens(b) for b in batches) / max(dt, 1e-9),
-            "peak_memory_gb": float(peak.max())}
+            "num_tokens": tokens,  # this step's; the recorder makes it cumulative
+            "tokens_per_second": tokens / max(dt, 1e-9), "peak_memory_gb": float(peak.max())}
 
 
 @contextmanager
