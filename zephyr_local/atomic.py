@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,17 @@ from zephyr_local.errors import ZephyrError, describe_os_error, first_line
 _MLX_WRITE_ERRORS = ("[write]", "[save", "[save_safetensors]")
 _LOW_SPACE = 16 * 2**20  # bytes free below which a failed write is put down to a full disk
 _LEGACY_STALE_S = 3600  # temp dirs from before pids were in their names: this old is stale
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it: done under a lock, put back)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 class WriteError(ZephyrError):
@@ -79,7 +91,11 @@ def check_writable(path: Path) -> None:
 
 
 def write_via(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` on a temp file beside `path`, then rename it over `path`."""
+    """Call `write(tmp_path)` on a temp file beside `path`, then rename it over `path`.
+
+    The file gets the mode a plain `open()` would give it (0644 under the usual umask),
+    not mkstemp's private 0600.
+    """
     path = Path(path)
     tmp = None
     try:
@@ -89,6 +105,7 @@ def write_via(path: Path, write: Callable[[str], None]) -> None:
                                        dir=path.parent)
             os.close(fd)
             write(tmp)
+            os.chmod(tmp, 0o666 & ~umask())
             os.replace(tmp, path)
     finally:
         if tmp is not None and os.path.exists(tmp):
@@ -146,7 +163,7 @@ def temp_dir(out: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-        tmp.chmod(0o755)  # mkdtemp's 0700 would make the result private to this user
+        tmp.chmod(0o777 & ~umask())  # mkdtemp's 0700 would make the result private to this user
     return tmp
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from zephyr_local.atomic import human_bytes
@@ -51,11 +52,12 @@ class ProgressBars:
             Progress,
             TextColumn,
             TimeElapsedColumn,
+            TimeRemainingColumn,
         )
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("{task.fields[what]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[what]}"),
             console=Console(stderr=True), transient=False)
         self.started = False  # started by the first update: errors before any work stay clean
         return self
@@ -114,10 +116,38 @@ def print_quantize_report(r) -> None:
     Console().print(table)
 
 
+def stdout_is_terminal() -> bool:
+    """Tables for people at a terminal; JSON when stdout is a pipe or a file."""
+    return sys.stdout.isatty()
+
+
+def print_metrics_table(result: dict) -> None:
+    """`evaluate`'s result as a rich table on stdout: what was evaluated, then each metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result.get('kind', '')} evaluation of {result.get('adapter') or 'the base'}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if isinstance(value, dict):
+            continue  # the data summary: its own line below
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown)
+    console = Console()
+    console.print(table)
+    summary = result.get("summary")
+    if isinstance(summary, dict):
+        console.print("data: " + ", ".join(f"{k} {v}" for k, v in summary.items()
+                                           if not isinstance(v, (list, dict))))
+
+
 def print_models(rows, title: str) -> None:
     """The `models` table: name, size, dtype, quantization, bits per weight, source."""
     from rich.console import Console
     from rich.table import Table
+
+    from zephyr_local.hfcache import HF_CACHE_MARK
 
     table = Table(title=title)
     table.add_column("name", no_wrap=True)
@@ -127,5 +157,6 @@ def print_models(rows, title: str) -> None:
     for r in rows:
         quant = f"{r.bits}-bit g{r.group_size}" if r.bits else "-"
         bpw = f"{r.bits_per_weight:.2f}" if r.bits_per_weight else "?"
-        table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, quant, bpw, r.source or "local")
+        source = "HF cache (shared)" if r.source == HF_CACHE_MARK else r.source or "local"
+        table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, quant, bpw, source)
     Console().print(table)

@@ -82,7 +82,7 @@ def train_options(kind: str):
             click.option("--warmup-ratio", type=Finite(0, 1), default=0.1, show_default=True),
             click.option("--weight-decay", type=Finite(min=0), default=0.0, show_default=True),
             click.option("--max-grad-norm", type=Finite(min=0), default=1.0, show_default=True, help="Clip gradients; 0 disables."),
-            click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True, help="Rows (pairs for DPO) per micro-batch."),
+            click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True, help="Rows (pairs for DPO) per micro-batch, of the whole job: mlx.launch ranks split it."),
             click.option("--grad-accumulation", type=click.IntRange(min=1), default=1, show_default=True),
             click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass (less memory)."),
             click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True),
@@ -90,6 +90,7 @@ def train_options(kind: str):
             click.option("--seed", type=SEED, default=0, show_default=True),
             click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True, help="Evaluate every N steps (always at the end)."),
             click.option("--save-every", type=click.IntRange(min=1), default=50, show_default=True),
+            click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary on stdout (progress stays on stderr)."),
         ]
         if kind == "dpo":
             options += [
@@ -105,8 +106,11 @@ def train_options(kind: str):
     return deco
 
 
-def build_config(ctx: click.Context, kind: str, kw: dict):
-    """A TrainConfig from the flags; with --resume, the saved one (changed flags refused)."""
+def build_config(ctx: click.Context, kind: str, kw: dict, dist=None):
+    """A TrainConfig from the flags; with --resume, the saved one (changed flags refused).
+
+    In a distributed run the saved config is rank 0's (its disk holds the run).
+    """
     from zephyr_local import store
     from zephyr_local.train.config import TrainConfig
     from zephyr_local.train.run import load_run_config
@@ -130,7 +134,12 @@ def build_config(ctx: click.Context, kind: str, kw: dict):
         if not cfg.data:
             raise click.UsageError("--data is required (unless --resume)")
         return cfg, False
-    saved = TrainConfig.from_dict(load_run_config(Path(cfg.out)))
+    if dist is not None and dist.size > 1:
+        saved = dist.broadcast_json(load_run_config(Path(cfg.out)) if dist.is_main else None,
+                                    "the run config broadcast")
+    else:
+        saved = load_run_config(Path(cfg.out))
+    saved = TrainConfig.from_dict(saved)
     for name, dotted in FIELDS.items():
         given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
         if name in kw and given and name != "out" and _get(saved, dotted) != _get(cfg, dotted):
@@ -150,13 +159,22 @@ def _progress(kind: str):
         TimeRemainingColumn,
     )
 
-    progress = Progress(TextColumn(f"{kind}"), BarColumn(), MofNCompleteColumn(),
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                         console=_console())
-    state = {}
+    state = {"work": {}}
 
     def on_event(event: str, payload) -> None:
-        if event == "data":
+        if event == "work":  # tokenizing, the reference pass: before the first step
+            if not progress.live.is_started:
+                progress.start()
+            tasks = state["work"]
+            if payload["what"] not in tasks:
+                tasks[payload["what"]] = progress.add_task(payload["what"], total=payload["total"],
+                                                           info="")
+            progress.update(tasks[payload["what"]], completed=payload["done"],
+                            total=payload["total"], description=payload["what"])
+        elif event == "data":
             for tag, ds in (("train", payload["train"]), ("eval", payload["eval"])):
                 if ds is not None:
                     progress.console.print(f"[bold]{tag} data[/] {ds.source}: {ds.summary.line()}")
@@ -167,7 +185,8 @@ def _progress(kind: str):
             progress.console.print(f"reference log-probs ({payload['data']}, {payload['rows']} "
                                    f"sequences): {how} {payload['path']}")
         elif event == "start":
-            progress.start()
+            if not progress.live.is_started:
+                progress.start()
             state["task"] = progress.add_task(kind, total=payload["total"],
                                               completed=payload["start"], info="")
         elif event == "step":
@@ -193,25 +212,62 @@ def _console():
 
 
 def run_training(ctx: click.Context, kind: str, kw: dict) -> None:
+    from zephyr_local.train import distributed
+
+    dist = distributed.init()
+    try:
+        _train(ctx, kind, kw, dist)
+    except ZephyrError as exc:
+        if dist.size > 1:
+            if getattr(exc, "collective", False) and not dist.is_main:
+                ctx.exit(exc.exit_code)  # every rank hit it; rank 0 says so
+            if not getattr(exc, "collective", False):
+                exc.args = (f"{distributed.rank_name(dist.rank)}: {exc}",)
+        raise
+    finally:
+        dist.close()
+
+
+def _train(ctx: click.Context, kind: str, kw: dict, dist) -> None:
     from zephyr_local.train.run import run
 
-    cfg, resume = build_config(ctx, kind, kw)
+    as_json = kw.pop("as_json", False)
+    cfg, resume = build_config(ctx, kind, kw, dist)
+    if dist.is_main and dist.size > cfg.batch_size:
+        click.echo(f"Warning: each micro-batch of {cfg.batch_size} row(s) is split across "
+                   f"{dist.size} ranks, so some ranks idle: raise --batch-size and lower "
+                   "--grad-accumulation by the same factor (the same global batch).", err=True)
     on_event, progress = _progress(kind)
     try:
-        result = run(cfg, resume=resume, on_event=on_event)
+        result = run(cfg, resume=resume, on_event=on_event if dist.is_main else None, dist=dist)
     except KeyboardInterrupt:
         progress.stop()
-        click.echo(f"Interrupted: the last checkpoint is in {cfg.out}/checkpoints; continue "
-                   f"with `zephyr-local {kind} --out {cfg.out} --resume`.", err=True)
+        if dist.is_main:
+            click.echo(f"Interrupted: the last checkpoint is in {cfg.out}/checkpoints; continue "
+                       f"with `zephyr-local {kind} --out {cfg.out} --resume`.", err=True)
         ctx.exit(130)
     finally:
         progress.stop()
+    if not dist.is_main:
+        return
+    if as_json:
+        click.echo(json.dumps(summary(kind, result)))
+        return
     click.echo(f"Wrote adapter {result.out} ({result.steps} steps); metrics "
                f"{result.out / 'metrics.jsonl'}, curves {result.plot}")
     if result.last:
         click.echo(json.dumps(result.last))
     if result.eval:
         click.echo(json.dumps(result.eval))
+
+
+def summary(kind: str, result) -> dict:
+    """`--json`: what the run wrote, its last step and its final evaluation (TRL names)."""
+    return {"kind": kind, "adapter": str(result.out), "steps": result.steps,
+            "total_steps": result.total_steps, "metrics": str(result.out / "metrics.jsonl"),
+            "plot": str(result.plot) if result.plot else None,
+            "reference_from_cache": result.reference_from_cache,
+            "train_data": result.train_summary, "last_step": result.last, "eval": result.eval}
 
 
 def register(cli: click.Group) -> None:
