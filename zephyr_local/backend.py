@@ -88,6 +88,16 @@ def default_num_draft_tokens() -> int:
     return 6 if backend_name() == "cpu" else 12
 
 
+def default_dtype() -> str:
+    """The float type for scales, biases and float weights that computes fastest here.
+
+    MLX's CPU kernels are fast only in float32 (BLAS, and quantized matmuls with
+    float32 scales); float16/bfloat16 run many times slower there. On Metal (and
+    CUDA) float16 halves the memory traffic and is the fast path.
+    """
+    return "float32" if backend_name() == "cpu" else "float16"
+
+
 def device_info() -> dict:
     """A description of the device and memory, for `info` and benchmark records."""
     import mlx.core as mx
