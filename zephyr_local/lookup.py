@@ -87,10 +87,16 @@ class NgramIndex:
 
 
 class Backoff:
-    """Pauses proposals after rejections so turns with nothing to echo decode as before."""
+    """Adapts the proposal length so that turns with nothing to echo decode as before.
+
+    A rejected proposal halves the next one's length and pauses proposals for a
+    doubling number of tokens; a fully accepted one doubles the length again (up to k).
+    A failed proposal of d tokens costs only the extra width of one forward pass.
+    """
 
     def __init__(self, k: int):
-        self.k = k
+        self.k = max(0, k)
+        self.limit = self.k  # the next proposal's length
         self.misses = 0  # consecutive proposals with nothing accepted
         self.pause = 0  # tokens to decode before proposing again
 
@@ -98,16 +104,19 @@ class Backoff:
         if self.pause > 0:
             self.pause -= 1
             return 0
-        return max(0, min(self.k, room)) if self.k > 0 else 0
+        return max(0, min(self.limit, room))
 
     def record(self, proposed: int, accepted: int) -> None:
         if not proposed:
             return
-        if accepted:
-            self.misses = 0
+        if accepted == 0:
+            self.misses += 1
+            self.limit = max(1, self.limit // 2)
+            self.pause = min(2**self.misses, MAX_PAUSE) - 1
             return
-        self.misses += 1
-        self.pause = min(2**self.misses, MAX_PAUSE) - 1
+        self.misses = 0
+        if accepted == proposed:
+            self.limit = min(self.k, 2 * self.limit)
 
 
 def generate_ids(
@@ -123,57 +132,73 @@ def generate_ids(
     """
     import mlx.core as mx
     from mlx_lm.generate import generation_stream
-    from mlx_lm.models.cache import trim_prompt_cache
 
     index = NgramIndex(prompt)
     backoff = Backoff(num_draft_tokens)
 
-    def verify(inputs: list[int]) -> mx.array:
-        """Sample every position: row i is the token after the conversation + inputs[: i + 1]."""
-        logits = model(mx.array(inputs)[None], cache=cache)[0]
+    def verify(inputs, before: list[int]):
+        """Sample every position: row i is the token after `before` + inputs[: i + 1]."""
+        logits = model(inputs[None], cache=cache)[0]
         if logits_processors:
-            history = index.tokens + inputs[1:]  # the index already ends with inputs[0]
-            before = len(index.tokens) - 1
+            history = mx.concatenate([mx.array(before, mx.uint32), inputs.astype(mx.uint32)])
             rows = []
-            for i in range(len(inputs)):
-                hist = mx.array(history[: before + i + 1])
+            for i in range(inputs.size):
                 row = logits[i : i + 1]
                 for processor in logits_processors:
-                    row = processor(hist, row)
+                    row = processor(history[: len(before) + i + 1], row)
                 rows.append(row)
             logits = mx.concatenate(rows)
         return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
 
     with mx.stream(generation_stream):
         _prefill(model, cache, prompt[cached:-1])
-        sampled = verify([prompt[-1]])
-        y = sampled.item()
-        n = 0
+        pending = verify(mx.array(prompt[-1:]), list(prompt[:-1]))  # the next token, lazy
+        drafts: list[int] = []  # what `pending` also verifies, after its first input
+        n = 0  # tokens yielded
         while True:
+            if drafts:
+                pending, accepted = _settle(pending, drafts, cache, backoff, counts)
+                for t in drafts[:accepted]:
+                    index.add(t)
+                    n += 1
+                    yield t
+                drafts = []
+            if n + 1 == max_tokens:
+                yield pending.item()
+                return
+            k = backoff.draft_length(room=max_tokens - n - 2)
+            if k == 0:
+                # No proposal whatever the token is: queue the next pass before reading it,
+                # as mlx-lm's generate_step does, so building the graph overlaps the compute.
+                after = verify(pending, index.tokens)
+                mx.async_eval(after)
+                y = pending.item()
+            else:
+                y = pending.item()
+                drafts = index.propose(k) if k else []
+                after = verify(mx.array([y] + drafts), index.tokens)
+                mx.async_eval(after)
             index.add(y)
             n += 1
-            drafts: list[int] = []
-            if n < max_tokens:
-                k = backoff.draft_length(room=max_tokens - n - 1)
-                drafts = index.propose(k) if k else []
-                # Queue the pass before yielding, so the consumer's work overlaps it.
-                sampled = verify([y] + drafts)
-                mx.async_eval(sampled)
             yield y
-            if n == max_tokens:
-                return
-            out = sampled.tolist()
-            accepted = 0
-            while accepted < len(drafts) and out[accepted] == drafts[accepted]:
-                accepted += 1
-            _count(counts, backoff, len(drafts), accepted)
-            if accepted < len(drafts):
-                trim_prompt_cache(cache, len(drafts) - accepted)
-            for t in drafts[:accepted]:
-                index.add(t)
-                n += 1
-                yield t
-            y = out[accepted]
+            if n % 256 == 0:
+                mx.clear_cache()
+            pending = after
+
+
+def _settle(sampled, drafts: list[int], cache, backoff: Backoff, counts: LookupCounts):
+    """Keep the longest agreeing prefix of `drafts`; return the next token and its length."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import trim_prompt_cache
+
+    out = sampled.tolist()
+    accepted = 0
+    while accepted < len(drafts) and out[accepted] == drafts[accepted]:
+        accepted += 1
+    _count(counts, backoff, len(drafts), accepted)
+    if accepted < len(drafts):
+        trim_prompt_cache(cache, len(drafts) - accepted)
+    return mx.array(out[accepted : accepted + 1]), accepted
 
 
 def _count(counts: LookupCounts, backoff: Backoff, proposed: int, accepted: int) -> None:

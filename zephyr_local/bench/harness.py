@@ -23,12 +23,12 @@ MODES = {
               "user_tokens": 48, "reply_tokens": 16, "bandwidth_mb": 256, "blas_repeats": 1,
               "dpo_dims": LARGE_DIMS, "dpo_steps": 2, "dpo_max_length": 128,
               "dpo_batch_pairs": 1, "chat_tokens": 256,
-              "quantize_7b": False, "multiturn_dims": None},
+              "quantize_7b": False, "multiturn_dims": None, "lookup_tokens": 64},
     "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
              "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3,
              "dpo_dims": LARGE_DIMS, "dpo_steps": 3, "dpo_max_length": 256,
              "dpo_batch_pairs": 2, "chat_tokens": 512,
-             "quantize_7b": True, "multiturn_dims": LARGE_DIMS},
+             "quantize_7b": True, "multiturn_dims": LARGE_DIMS, "lookup_tokens": 160},
 }
 
 
@@ -110,8 +110,18 @@ def _case_fns() -> dict[str, Callable]:
             return CaseResult("quantize 7B", skipped="full mode only (writes a 14.5 GB checkpoint)")
         return quantize_case(cache_dir())
 
+    def lookup(engine, model, s, run):
+        from zephyr_local.bench.lookup import float32_engine, lookup_case
+
+        # On the CPU quantized matmuls of several rows are a slow path, so a verify pass
+        # would cost many tokens: this case runs a float32 copy of a quantized model.
+        with float32_engine(engine) as eng:
+            result = lookup_case(eng, max_tokens=s["lookup_tokens"], repeats=s["repeats"])
+        result.details["dtype"] = "float32"
+        return result
+
     return {"generation": gen, "multiturn": multi, "chat-ui": chat, "quantize": quant,
-            "hardware": hw, "blas": cpu_blas, "dpo": dpo}
+            "hardware": hw, "blas": cpu_blas, "dpo": dpo, "lookup": lookup}
 
 
 def cache_dir() -> Path:
