@@ -80,6 +80,25 @@ def sampling_options(f):
     return f
 
 
+def lookup_options(f):
+    """The prompt-lookup flags shared by `generate` and `chat`."""
+    from zephyr_local.backend import NUM_DRAFT_TOKENS
+
+    per_backend = ", ".join(f"{k} {v}" for k, v in NUM_DRAFT_TOKENS.items())
+    f = click.option("--num-draft-tokens", type=click.IntRange(min=1), default=None,
+                     help=f"Most tokens proposed per verify pass (default: {per_backend}).")(f)
+    return click.option("--no-prompt-lookup", "no_prompt_lookup", is_flag=True,
+                        help="Decode one token per pass (no speculation from the "
+                             "conversation's own tokens).")(f)
+
+
+def lookup_from(kwargs: dict):
+    from zephyr_local.lookup import LookupOptions
+
+    return LookupOptions(enabled=not kwargs.pop("no_prompt_lookup"),
+                         num_draft_tokens=kwargs.pop("num_draft_tokens"))
+
+
 def sampling_from(kwargs: dict):
     from zephyr_local.sampling import SamplingOptions
 
@@ -177,6 +196,7 @@ def tokenize(ctx, model, messages_file, text, no_generation_prompt) -> None:
               help="Reply to a whole conversation instead of one prompt.")
 @click.option("--system", default=None, help="System prompt.")
 @sampling_options
+@lookup_options
 @click.option("--json", "as_json", is_flag=True,
               help="After the streamed reply, print one JSON line with the text and statistics.")
 @click.pass_context
@@ -186,7 +206,7 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
 
     Example: zephyr-local generate -m zephyr-test --temp 0 --prompt "Write a haiku"
     """
-    options = sampling_from(kwargs)
+    options, lookup = sampling_from(kwargs), lookup_from(kwargs)
     messages = _prompt_messages(prompt, stdin_prompt, messages_file, system)
     from zephyr_local.engine import Engine
     from zephyr_local.template import uses_own_template
@@ -195,7 +215,7 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
     notice = uses_own_template(engine.tokenizer)
     if notice:
         click.secho(f"Note: {notice}.", err=True, dim=True)
-    session = engine.session(context_budget)
+    session = engine.session(context_budget, lookup)
     parts, last = [], None
     try:
         for last in session.reply(messages, options):
@@ -242,6 +262,7 @@ def _stats_line(s) -> str:
         f"prompt {s.prompt_tokens} tok ({s.prefilled_tokens} prefilled) {s.prompt_tps:.1f} tok/s"
         f" | generation {s.generation_tokens} tok {s.generation_tps:.1f} tok/s"
         f" | ttft {s.ttft_s:.2f}s | peak {s.peak_memory_gb:.2f} GB"
+        + (f" | lookup {s.accepted_tokens}/{s.draft_tokens} accepted" if s.draft_tokens else "")
     )
 
 
@@ -468,6 +489,7 @@ def import_cmd(ctx, source, name, out, dtype, force, as_json) -> None:
 @click.option("--adapter", default=None, type=click.Path(), help="LoRA adapter directory.")
 @click.option("--system", default=None, help="System prompt for new conversations.")
 @sampling_options
+@lookup_options
 @click.option("--history", "history_path", default=None, type=click.Path(dir_okay=False),
               help="History database (default: $ZEPHYR_LOCAL_HOME/history.sqlite).")
 @click.pass_context
@@ -481,13 +503,14 @@ def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) ->
     """
     from zephyr_local.history import History
 
-    options = sampling_from(kwargs)
+    options, lookup = sampling_from(kwargs), lookup_from(kwargs)
     History(history_path).close()  # a corrupt or newer database: one-line error, file untouched
     from zephyr_local.tui.app import ChatApp, ChatConfig
 
     models_dir = ctx.obj.get("models_dir") if ctx.obj else None
     config = ChatConfig(model=model, adapter=adapter, models_dir=models_dir, system_prompt=system,
-                        options=options, context_budget=context_budget, history_path=history_path)
+                        options=options, context_budget=context_budget, history_path=history_path,
+                        lookup=lookup)
     if ChatApp(config).run() != "pull":
         return
     _pull_default_model(ctx)

@@ -173,12 +173,13 @@ def generate_ids(
                 after = verify(pending, index.tokens)
                 mx.async_eval(after)
                 y = pending.item()
+                index.add(y)
             else:
                 y = pending.item()
-                drafts = index.propose(k) if k else []
-                after = verify(mx.array([y] + drafts), index.tokens)
+                index.add(y)
+                drafts = index.propose(k)
+                after = verify(mx.array([y] + drafts), index.tokens[:-1])
                 mx.async_eval(after)
-            index.add(y)
             n += 1
             yield y
             if n % 256 == 0:

@@ -1,0 +1,136 @@
+"""Prompt-lookup decoding: the n-gram index, the backoff, and losslessness against mlx-lm."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from zephyr_local.lookup import Backoff, LookupCounts, LookupOptions, NgramIndex
+from zephyr_local.sampling import SamplingOptions
+from zephyr_local.template import encode
+
+CODE = "def area(w, h):\n    return w * h\n\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n"
+ECHO = [
+    f"Rename `area` to `surface` and return the whole code:\n```python\n{CODE}```",
+    "Repeat exactly: the cat sat on the mat, the dog sat on the log, the cat sat on the mat.",
+    "Continue the list:\n1. red apples\n2. green apples\n3. red apples\n4. green apples\n",
+]
+OPEN = ["Tell me about the history of sailing ships."]
+
+
+def brute_force_proposal(tokens: list[int], k: int) -> list[int]:
+    """The latest earlier occurrence of the longest (<= 3) suffix, and what followed it."""
+    for n in range(min(3, len(tokens)), 0, -1):
+        suffix = tokens[-n:]
+        for end in range(len(tokens) - 2, n - 2, -1):
+            if tokens[end - n + 1 : end + 1] == suffix:
+                return tokens[end + 1 : end + 1 + k]
+    return []
+
+
+def test_index_proposes_what_followed_the_latest_match():
+    index = NgramIndex([5, 6, 7, 8, 5, 6, 9, 5, 6])
+    assert index.propose(3) == [9, 5, 6]  # the latest "5 6" is followed by 9
+    index.add(7)
+    assert index.propose(2) == [8, 5]  # "6 7" matched (the 3-gram "5 6 7" too)
+    assert NgramIndex([1, 2, 3]).propose(4) == []
+
+
+def test_index_matches_brute_force_on_random_sequences():
+    rng = random.Random(0)
+    for _ in range(200):
+        tokens = [rng.randrange(6) for _ in range(rng.randrange(1, 40))]
+        index = NgramIndex(tokens[:1])
+        for t in tokens[1:]:
+            index.add(t)
+            assert index.propose(4) == brute_force_proposal(index.tokens, 4), index.tokens
+
+
+def test_backoff_pauses_and_shrinks_after_misses_then_grows_back():
+    b = Backoff(8)
+    assert b.draft_length(room=100) == 8
+    b.record(8, 0)
+    assert (b.limit, b.pause) == (4, 1)
+    assert b.draft_length(100) == 0 and b.draft_length(100) == 4
+    b.record(4, 0)
+    assert (b.limit, b.pause) == (2, 3)
+    for _ in range(3):
+        assert b.draft_length(100) == 0
+    b.record(2, 2)
+    assert b.limit == 4 and b.draft_length(room=3) == 3
+    b.record(4, 1)  # partly accepted: same length, no pause
+    assert (b.limit, b.pause, b.misses) == (4, 0, 0)
+
+
+def _plain_greedy(engine, ids: list[int], opts: SamplingOptions) -> list[int]:
+    """mlx-lm's stream_generate: the oracle."""
+    import mlx.core as mx
+    from mlx_lm.generate import stream_generate
+
+    eos = set(engine.tokenizer.eos_token_ids)
+
+    def run():
+        out = []
+        for r in stream_generate(engine.loaded.model, engine.tokenizer, mx.array(ids),
+                                 max_tokens=opts.max_tokens, sampler=opts.sampler(),
+                                 logits_processors=opts.logits_processors()):
+            if r.token in eos:
+                break
+            out.append(r.token)
+        return out
+
+    return engine.worker.call(run)
+
+
+def _ours(session, ids, opts):
+    records = list(session.reply_to_ids(ids, opts))
+    return [r.token for r in records if r.token is not None], records[-1].stats
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_output_equals_mlx_lm_on_the_test_model(engine, penalty):
+    opts = SamplingOptions(temperature=0.0, max_tokens=64, repetition_penalty=penalty)
+    drafted = 0
+    for text in ECHO + OPEN:
+        ids = encode(engine.tokenizer, [{"role": "user", "content": text}])
+        tokens, stats = _ours(engine.session(lookup=LookupOptions(num_draft_tokens=8)), ids, opts)
+        assert tokens == _plain_greedy(engine, ids, opts), text
+        drafted += stats.draft_tokens
+    assert drafted > 0  # speculation ran
+
+
+def test_second_turn_on_a_reused_cache_stays_lossless(engine):
+    """Turn 2 starts from turn 1's cache, trimmed of its rejected drafts and to the prefix."""
+    opts = SamplingOptions(temperature=0.0, max_tokens=48)
+    session = engine.session()
+    messages = [{"role": "user", "content": ECHO[1]}]
+    first = encode(engine.tokenizer, messages)
+    reply = "".join(r.text for r in session.reply(messages, opts))
+    messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": ECHO[0]}]
+    ids = encode(engine.tokenizer, messages)
+    tokens, stats = _ours(session, ids, opts)
+    assert stats.prefilled_tokens <= len(ids) - len(first)  # turn 1's tokens came from the cache
+    assert tokens == _plain_greedy(engine, ids, opts)
+
+
+def test_off_switch_proposes_nothing(engine):
+    ids = encode(engine.tokenizer, [{"role": "user", "content": ECHO[1]}])
+    opts = SamplingOptions(temperature=0.0, max_tokens=32)
+    tokens, stats = _ours(engine.session(lookup=LookupOptions(enabled=False)), ids, opts)
+    assert (stats.draft_tokens, stats.accepted_tokens) == (0, 0)
+    assert tokens == _plain_greedy(engine, ids, opts)
+
+
+def test_real_model_echo_is_lossless_and_accepts_drafts(smollm2_model):
+    from zephyr_local.engine import Engine
+
+    eng = Engine.load(str(smollm2_model))
+    try:
+        opts = SamplingOptions(temperature=0.0, max_tokens=32)
+        ids = encode(eng.tokenizer, [{"role": "user", "content": ECHO[1]}])
+        tokens, stats = _ours(eng.session(), ids, opts)
+        assert tokens == _plain_greedy(eng, ids, opts)
+        assert stats.accepted_tokens > 0  # the real model echoes, so drafts were kept
+    finally:
+        eng.close()
