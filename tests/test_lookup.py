@@ -134,3 +134,56 @@ def test_real_model_echo_is_lossless_and_accepts_drafts(smollm2_model):
         assert stats.accepted_tokens > 0  # the real model echoes, so drafts were kept
     finally:
         eng.close()
+
+
+CHI2_8DOF_P001 = 26.12  # chi-square critical value, 8 degrees of freedom, p = 0.001
+
+
+def test_sampling_keeps_the_model_distribution(engine):
+    """The joint law of the first two sampled tokens, where drafts are proposed for the
+    second, against the exact law from the model's logits (three tokens made likely by a
+    logit bias, so the law has nine cells and every first token finds a proposal)."""
+    import math
+
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    from zephyr_local.lookup import generate_ids
+
+    model, tok = engine.loaded.model, engine.tokenizer
+    a, b, c = (tok.encode(w, add_special_tokens=False)[-1] for w in ("red", "green", "blue"))
+    trio = [a, b, c]
+    prompt = tok.encode("Colours:") + [a, b, c, b, a, c, a, c, b]
+    bias = {t: 30.0 for t in trio}
+    runs = 300
+
+    def exact() -> dict:
+        def law(ids):
+            logits = model(mx.array(ids)[None])[0, -1]
+            p = mx.softmax(logits[mx.array(trio)] + 30.0).tolist()
+            return dict(zip(trio, p))
+
+        first = law(prompt)
+        return {(x, y): first[x] * q for x in trio for y, q in law(prompt + [x]).items()}
+
+    def sample() -> tuple[dict, LookupCounts]:
+        counts, seen = LookupCounts(), {}
+        for seed in range(runs):
+            mx.random.seed(seed)
+            out = list(generate_ids(
+                prompt, 0, model, make_prompt_cache(model), sampler=make_sampler(temp=1.0),
+                logits_processors=make_logits_processors(logit_bias=bias), max_tokens=3,
+                num_draft_tokens=2, counts=counts))
+            seen[tuple(out[:2])] = seen.get(tuple(out[:2]), 0) + 1
+        return seen, counts
+
+    law = engine.worker.call(exact)
+    seen, counts = engine.worker.call(sample)
+    assert set(seen) <= set(law)
+    chi2 = sum((seen.get(cell, 0) - runs * p) ** 2 / (runs * p) for cell, p in law.items())
+    tv = 0.5 * sum(abs(seen.get(cell, 0) / runs - p) for cell, p in law.items())
+    assert chi2 < CHI2_8DOF_P001, (chi2, tv, seen, law)
+    assert math.isfinite(tv) and tv < 0.15
+    # Both outcomes of the acceptance rule happened.
+    assert 0 < counts.accepted_tokens < counts.draft_tokens
