@@ -187,3 +187,41 @@ def test_sampling_keeps_the_model_distribution(engine):
     assert math.isfinite(tv) and tv < 0.15
     # Both outcomes of the acceptance rule happened.
     assert 0 < counts.accepted_tokens < counts.draft_tokens
+
+
+def test_generate_flags_and_json_counts(run_cli):
+    import json
+
+    base = ["generate", "-m", "zephyr-test", "--temp", "0", "--max-tokens", "24", "--json",
+            "-p", ECHO[1]]
+    on = run_cli(*base, "--num-draft-tokens", "4")
+    off = run_cli(*base, "--no-prompt-lookup")
+    assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
+    rec_on, rec_off = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (on, off))
+    assert rec_on["text"] == rec_off["text"]
+    assert rec_on["draft_tokens"] > 0 and 0 <= rec_on["accepted_tokens"] <= rec_on["draft_tokens"]
+    assert (rec_off["draft_tokens"], rec_off["accepted_tokens"]) == (0, 0)
+    bad = run_cli(*base, "--num-draft-tokens", "0")
+    assert bad.exit_code == 2 and "--num-draft-tokens" in bad.output
+
+
+@pytest.mark.asyncio
+async def test_status_bar_shows_acceptance():
+    from textual.app import App
+
+    from zephyr_local.engine import ReplyStats
+    from zephyr_local.tui.widgets.status import StatusBar
+
+    class Bar(App):
+        def compose(self):
+            yield StatusBar(id="status")
+
+    stats = ReplyStats(prompt_tokens=9, prefilled_tokens=9, generation_tokens=20, prompt_tps=1.0,
+                       generation_tps=2.0, ttft_s=0.1, peak_memory_gb=0.1, draft_tokens=16,
+                       accepted_tokens=12)
+    async with Bar().run_test() as pilot:
+        bar = pilot.app.query_one(StatusBar)
+        bar.set_stats(stats)
+        assert "lookup 12/16 (75%)" in str(bar.render())
+        bar.set_stats(ReplyStats(**{**stats.as_dict(), "draft_tokens": 0, "accepted_tokens": 0}))
+        assert "lookup" not in str(bar.render())
