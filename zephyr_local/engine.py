@@ -99,7 +99,7 @@ class Engine:
 
     def session(
         self, context_budget: int | None = None, lookup: LookupOptions | None = None
-    ) -> "ChatSession":
+    ) -> ChatSession:
         """A conversation; `lookup` sets prompt-lookup decoding (default: on)."""
         return ChatSession(self, context_budget or self.context_window, lookup)
 

@@ -18,8 +18,8 @@ needs a second model), hence this module.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 MAX_NGRAM = 3
 # Consecutive fully rejected proposals double the pause before the next one, up to this.
@@ -135,20 +135,7 @@ def generate_ids(
 
     index = NgramIndex(prompt)
     backoff = Backoff(num_draft_tokens)
-
-    def verify(inputs, before: list[int]):
-        """Sample every position: row i is the token after `before` + inputs[: i + 1]."""
-        logits = model(inputs[None], cache=cache)[0]
-        if logits_processors:
-            history = mx.concatenate([mx.array(before, mx.uint32), inputs.astype(mx.uint32)])
-            rows = []
-            for i in range(inputs.size):
-                row = logits[i : i + 1]
-                for processor in logits_processors:
-                    row = processor(history[: len(before) + i + 1], row)
-                rows.append(row)
-            logits = mx.concatenate(rows)
-        return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+    verify = _verifier(model, cache, sampler, logits_processors)
 
     with mx.stream(generation_stream):
         _prefill(model, cache, prompt[cached:-1])
@@ -185,6 +172,30 @@ def generate_ids(
             if n % 256 == 0:
                 mx.clear_cache()
             pending = after
+
+
+def _verifier(model, cache, sampler: Callable, logits_processors: list | None) -> Callable:
+    """verify(inputs, before): one pass over `inputs`, sampling every position.
+
+    Row i is the token after `before` + inputs[: i + 1]; each row is processed with the
+    history a plain decode would have had at that position.
+    """
+    import mlx.core as mx
+
+    def verify(inputs, before: list[int]):
+        logits = model(inputs[None], cache=cache)[0]
+        if logits_processors:
+            history = mx.concatenate([mx.array(before, mx.uint32), inputs.astype(mx.uint32)])
+            rows = []
+            for i in range(inputs.size):
+                row = logits[i : i + 1]
+                for processor in logits_processors:
+                    row = processor(history[: len(before) + i + 1], row)
+                rows.append(row)
+            logits = mx.concatenate(rows)
+        return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+    return verify
 
 
 def _settle(sampled, drafts: list[int], cache, backoff: Backoff, counts: LookupCounts):

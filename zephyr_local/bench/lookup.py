@@ -10,8 +10,8 @@ t(d) = t(0) * (1 + slope * d), predicts speed-up = tokens / (passes + slope * dr
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from zephyr_local.bench.common import CaseResult, median, ratio
 from zephyr_local.engine import Engine
@@ -40,8 +40,8 @@ LIST = ("1. Monday: wash the car\n2. Tuesday: water the plants\n3. Wednesday: wa
 # (kind, name, user message): echo-heavy turns repeat their context, open-ended ones do not.
 TURNS = [
     ("echo", "code block with one change",
-     f"Rename the function `mean` to `average` everywhere and return the whole code:\n\n"
-     f"```python\n{CODE}```"),
+     (f"Rename the function `mean` to `average` everywhere and return the whole code:\n\n"
+      f"```python\n{CODE}```")),
     ("echo", "passage quoted back", f"Repeat this paragraph exactly, word for word:\n\n{PASSAGE}"),
     ("echo", "list continued", f"Continue this list in the same format up to 10:\n\n{LIST}"),
     ("open", "open-ended story", "Write a short story about a fox who learns to sail."),
@@ -117,10 +117,10 @@ def pass_cost_slope(engine: Engine, prompt_len: int, draft: int, repeats: int = 
         mx.eval(model(mx.array([[7] * prompt_len]), cache=cache))
         times = {0: [], draft: []}
         for _ in range(repeats):
-            for d in times:
+            for d, samples in times.items():
                 t0 = time.perf_counter()
                 mx.eval(model(mx.array([[7] * (d + 1)]), cache=cache))
-                times[d].append(time.perf_counter() - t0)
+                samples.append(time.perf_counter() - t0)
                 trim_prompt_cache(cache, d + 1)
         one, many = median(times[0]), median(times[draft])
         return {"one_token_s": one, f"verify_{draft + 1}_tokens_s": many,
