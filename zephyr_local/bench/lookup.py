@@ -49,6 +49,11 @@ TURNS = [
 ]
 GOALS = {"echo": 2.0, "open": 0.97}
 
+# Zephyr-7B 4-bit on Apple Silicon: one token reads 4.07 GB of weights; each extra token
+# of a verify pass adds 2 x 7.24e9 FLOPs. M1 (68 GB/s, 2.6 TFLOPS): 60 ms + 5.6 ms;
+# M2 Max (400 GB/s, 13.6 TFLOPS): 10.2 ms + 1.1 ms. At peak FLOPs, about 0.1 token each.
+METAL_7B_SLOPE = 0.1
+
 
 @contextmanager
 def float32_engine(engine: Engine) -> Iterator[Engine]:
@@ -166,6 +171,8 @@ def lookup_case(engine: Engine, *, max_tokens: int, repeats: int) -> CaseResult:
                 first["generation_tokens"], drafted, accepted, cost["slope_per_draft_token"]), 3),
             "predicted_speedup_if_verify_costs_one_token": round(predicted_speedup(
                 first["generation_tokens"], drafted, accepted, 0.0), 3),
+            "predicted_speedup_metal_7b": round(predicted_speedup(
+                first["generation_tokens"], drafted, accepted, METAL_7B_SLOPE), 3),
             "text": engine.tokenizer.decode(first["tokens"]),
         }
         label = "echo-heavy" if kind == "echo" else "ordinary"
