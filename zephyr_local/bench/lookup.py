@@ -17,33 +17,26 @@ from zephyr_local.bench.common import CaseResult, median, ratio
 from zephyr_local.engine import Engine
 from zephyr_local.sampling import SamplingOptions
 
-CODE = '''def mean(values):
+CODE = """def mean(values):
     total = 0
     for value in values:
         total += value
-    return total / len(values)
-
-
-def variance(values):
-    m = mean(values)
-    total = 0
-    for value in values:
-        total += (value - m) ** 2
-    return total / len(values)
-'''
+    return total / len(values)"""
 PASSAGE = ("The lighthouse stood at the end of the harbour wall for two hundred years. Every "
            "night its keeper climbed the ninety steps, trimmed the wick and wound the clockwork "
-           "that turned the lens, and every morning he wrote the weather in a leather book.")
-LIST = ("1. Monday: wash the car\n2. Tuesday: water the plants\n3. Wednesday: wash the car\n"
-        "4. Thursday: water the plants\n5. Friday: wash the car\n")
+           "that turned the lens.")
+LIST = "1. wash the car 2. water the plants 3. feed the cat 4. walk the dog"
+TYPOS = ("Every mornng the keeper wrote the wether in a lether book, and every evenng he "
+         "climbed the ninety steps to light the lamp.")
 
 # (kind, name, user message): echo-heavy turns repeat their context, open-ended ones do not.
+# Phrased so that SmolLM2-135M-Instruct, the small real model, does echo them.
 TURNS = [
     ("echo", "code block with one change",
-     (f"Rename the function `mean` to `average` everywhere and return the whole code:\n\n"
-      f"```python\n{CODE}```")),
-    ("echo", "passage quoted back", f"Repeat this paragraph exactly, word for word:\n\n{PASSAGE}"),
-    ("echo", "list continued", f"Continue this list in the same format up to 10:\n\n{LIST}"),
+     f"Repeat exactly, with total renamed to acc:\n\n{CODE}"),
+    ("echo", "passage quoted back", f"Repeat exactly: {PASSAGE}"),
+    ("echo", "list continued", f"Repeat exactly, then add one more item: {LIST}"),
+    ("echo", "typos fixed", f"Fix the spelling and write the corrected text: {TYPOS}"),
     ("open", "open-ended story", "Write a short story about a fox who learns to sail."),
     ("open", "open-ended explanation", "Why do leaves change colour in autumn?"),
 ]
