@@ -151,6 +151,8 @@ def generate_ids(
                     yield t
                 drafts = []
             if n + 1 == max_tokens:
+                # Feed the last token too, as generate_step does: the cache keeps the reply.
+                mx.async_eval(model(pending[None], cache=cache))
                 yield pending.item()
                 return
             k = backoff.draft_length(room=max_tokens - n - 2)
