@@ -1,7 +1,8 @@
 """The one seam between zephyr-local and the compute backend (Metal, CUDA or CPU).
 
 Everything that depends on which MLX backend runs lives here: the BLAS swap for
-Linux CPU wheels and the description of the device that `info` prints.
+Linux CPU wheels, the dtype models are made in, and the description of the device
+that `info` prints.
 """
 
 from __future__ import annotations
@@ -75,6 +76,33 @@ def backend_name() -> str:
     if hasattr(mx, "cuda") and mx.cuda.is_available():
         return "cuda"
     return "metal"
+
+
+# The dtypes a model's float parameters (and a quantized model's scales and biases) can take.
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+
+# The fastest per backend, measured for the CPU (`zephyr-local bench --case dtype`):
+# - cpu: only float32 reaches BLAS, and MLX's CPU quantized matmul converts float16 and
+#   bfloat16 scales element by element: decode with float16 scales is ~25x slower.
+# - metal: float16, which every Apple GPU computes natively (M1/M2 lack fast bfloat16).
+# - cuda: float16. MLX's CUDA matmuls use tensor-core MMA for float16 and bfloat16 but
+#   scalar FMA for float32, and float16 is the one with an MMA on every tensor-core
+#   generation (Volta/Turing have none for bfloat16), with 3 more mantissa bits than
+#   bfloat16 for the scales. Float32 scales would also double the bytes decode reads.
+DEFAULT_DTYPES = {"cpu": "float32", "metal": "float16", "cuda": "float16"}
+
+
+def default_compute_dtype() -> str:
+    """The dtype that quantize, fuse and import write by default: the backend's fastest."""
+    return DEFAULT_DTYPES[backend_name()]
+
+
+def default_dtypes_text() -> str:
+    """`float32 on CPU; float16 on Metal and CUDA`: the table above, for help texts."""
+    by: dict[str, list[str]] = {}
+    for name, dtype in DEFAULT_DTYPES.items():
+        by.setdefault(dtype, []).append({"cpu": "CPU", "metal": "Metal", "cuda": "CUDA"}[name])
+    return "; ".join(f"{d} on {' and '.join(names)}" for d, names in by.items())
 
 
 def device_info() -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from zephyr_local import backend
 from zephyr_local.atomic import human_bytes
 from zephyr_local.errors import ZephyrError
 
@@ -277,7 +278,7 @@ def models(ctx, as_json: bool) -> None:
 @cli.command("create-test-model")
 @click.argument("out_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+@click.option("--dtype", type=click.Choice(backend.COMPUTE_DTYPES), default=None,
               help="float32 is fastest on CPUs (default; bfloat16 with --full-size).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--full-size", is_flag=True,
@@ -348,8 +349,9 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
 @click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4, 5, 6 or 8.")
 @click.option("--group-size", type=int, default=64, show_default=True,
               help="Weights per scale and bias: 32, 64 or 128.")
-@click.option("--dtype", default="float16", show_default=True,
-              help="float16 or bfloat16, for scales, biases and unquantized parameters.")
+@click.option("--dtype", default=None,
+              help=f"Scales, biases and unquantized parameters: {', '.join(backend.COMPUTE_DTYPES)} "
+                   f"(default: the backend's fastest, {backend.default_dtypes_text()}).")
 @click.option("--head-bits", type=int, default=None,
               help="Bits for the embedding and output head (default: --bits).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from zephyr_local.backend import COMPUTE_DTYPES, default_dtypes_text
+
 
 def register_more(cli: click.Group) -> None:
     from zephyr_local.train.commands import data_options
@@ -50,9 +52,13 @@ def register_more(cli: click.Group) -> None:
     @click.option("--out", required=True, help="Output directory; a bare name goes into the model store.")
     @click.option("--bits", type=click.Choice(["2", "3", "4", "5", "6", "8"]), default=None, help="Quantize the fused model.")
     @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+    @click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=None,
+                  help="Float parameters (and with --bits the scales and biases); default: the "
+                       "base's, with --bits the backend's fastest "
+                       f"({default_dtypes_text()}).")
     @click.option("--force", is_flag=True, help="Replace --out if it exists.")
     @click.pass_context
-    def fuse(ctx, model, adapter, out, bits, group_size, force):
+    def fuse(ctx, model, adapter, out, bits, group_size, dtype, force):
         """Merge an adapter into the base weights (optionally quantized) as a new model.
 
         Example: zephyr-local fuse -m zephyr-test --adapter adapters/dpo --out zephyr-test-dpo
@@ -66,5 +72,5 @@ def register_more(cli: click.Group) -> None:
         if "/" not in out and not out.startswith("."):
             target = models / out
         written = run_fuse(path, Path(adapter), target, int(bits) if bits else None,
-                           int(group_size), force)
+                           int(group_size), force, dtype)
         click.echo(f"Wrote {written}")
