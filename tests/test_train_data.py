@@ -108,6 +108,9 @@ class MergingTokenizer:
     def __init__(self, real):
         self.real = real
 
+    def __getattr__(self, name):  # eos_token and the rest are the real tokenizer's
+        return getattr(self.real, name)
+
     def encode(self, text):
         ids = list(self.real.encode(text))
         if not text.endswith("<|assistant|>\n") and "<|assistant|>\nX" in text:

@@ -81,18 +81,18 @@ def backend_name() -> str:
 # The dtypes a model's float parameters (and a quantized model's scales and biases) can take.
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 
-# The fastest per backend, measured for the CPU (`zephyr-local bench --case dtype`):
-# - cpu: only float32 reaches BLAS, and MLX's CPU quantized matmul converts float16 and
-#   bfloat16 scales element by element: decode with float16 scales is ~25x slower.
-# - metal: float16, which every Apple GPU computes natively (M1/M2 lack fast bfloat16).
-# - cuda: float16. MLX's CUDA matmuls use tensor-core MMA for float16 and bfloat16 but
-#   scalar FMA for float32, and float16 is the one with an MMA on every tensor-core
-#   generation (Volta/Turing have none for bfloat16), with 3 more mantissa bits than
-#   bfloat16 for the scales. Float32 scales would also double the bytes decode reads.
+# The fastest per backend (`zephyr-local bench --case dtype` measures it):
+# - cpu: float32. Only float32 matmuls reach BLAS, and MLX's CPU quantized matmul has a
+#   vectorised kernel only for float32; float16/bfloat16 take a scalar loop in the
+#   16-bit type. Decode with float16 scales measured ~20-30x slower than with float32.
+# - metal: float16, which every Apple GPU computes at full rate (M1/M2 lack fast bfloat16).
+# - cuda: float16 (not measured here). MLX's CUDA matmuls use tensor cores for float16 and
+#   bfloat16 but plain FMA for float32, float32 scales would double the scale bytes that
+#   memory-bound decode reads, and float16 keeps 3 more mantissa bits than bfloat16.
 DEFAULT_DTYPES = {"cpu": "float32", "metal": "float16", "cuda": "float16"}
 
 
-def default_compute_dtype() -> str:
+def default_dtype() -> str:
     """The dtype that quantize, fuse and import write by default: the backend's fastest."""
     return DEFAULT_DTYPES[backend_name()]
 

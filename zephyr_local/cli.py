@@ -190,8 +190,12 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
     options = sampling_from(kwargs)
     messages = _prompt_messages(prompt, stdin_prompt, messages_file, system)
     from zephyr_local.engine import Engine
+    from zephyr_local.template import uses_own_template
 
     engine = Engine.load(model, adapter, _store(ctx).as_posix())
+    notice = uses_own_template(engine.tokenizer)
+    if notice:
+        click.secho(f"Note: {notice}.", err=True, dim=True)
     session = engine.session(context_budget)
     parts, last = [], None
     try:
@@ -267,11 +271,12 @@ def models(ctx, as_json: bool) -> None:
     table.add_column("name", no_wrap=True)
     for col in ("size", "dtype", "quant", "bits/w"):
         table.add_column(col)
-    table.add_column("path", overflow="fold")
+    table.add_column("source", overflow="fold")
     for r in rows:
         quant = f"{r.bits}-bit g{r.group_size}" if r.bits else "-"
         bpw = f"{r.bits_per_weight:.2f}" if r.bits_per_weight else "?"
-        table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, r.error or quant, bpw, str(r.path))
+        source = r.source or "local"
+        table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, r.error or quant, bpw, source)
     Console().print(table)
 
 
@@ -402,6 +407,59 @@ def _quantize_source(arg: str, store_dir: Path) -> Path:
 
         click.echo(f"{arg} is not in the store: pulling it first.", err=True)
         return pull(arg, store_dir, notify=lambda line: click.echo(line, err=True)).path
+
+
+# --- import command (zephyr_local/gguf_import.py) ---
+
+
+@cli.command("import")
+@click.argument("source")
+@click.option("--name", default=None, help="Name in the model store (default: from SOURCE).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output directory instead of the store.")
+@click.option("--dtype", type=click.Choice(backend.COMPUTE_DTYPES), default=None,
+              help="Scales, biases and float weights (default: the backend's fastest, "
+                   f"{backend.default_dtypes_text()}).")
+@click.option("--force", is_flag=True, help="Replace the output if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+@click.pass_context
+def import_cmd(ctx, source, name, out, dtype, force, as_json) -> None:
+    """Import a llama/mistral GGUF (a .gguf file, or ollama:NAME[:TAG]) into the store.
+
+    Q4_0, Q4_1 and Q8_0 tensors stay quantized (exactly); F32/F16/BF16 stay float;
+    other types (K-quants, IQ) are dequantized to float. Nothing is downloaded.
+
+    Example: zephyr-local import ollama:zephyr   (or: zephyr-local import model.Q4_0.gguf)
+    """
+    from zephyr_local import backend, display, gguf_import, ollama_store
+
+    if name and out:
+        raise click.UsageError("give --name or --out, not both")
+    if source.startswith(ollama_store.PREFIX):
+        path, default = ollama_store.find_gguf(source), ollama_store.store_name(source)
+    else:
+        path = Path(source).expanduser()
+        default = gguf_import.default_name(path, gguf_import.read_header(path))
+    target = Path(out) if out else _store(ctx) / (name or default)
+    with display.ProgressBars() as bars:
+        report = gguf_import.import_gguf(
+            path, target, dtype=dtype or backend.default_dtype(), force=force,
+            origin=source, progress=bars("Importing"))
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    kept = f"{report.kept_quantized} tensors kept {report.bits}-bit" if report.bits else "float"
+    click.echo(f"Imported {source} into {target}: {report.architecture}, "
+               f"{report.parameters / 1e6:.0f}M parameters, {kept}, {report.dtype}; "
+               f"{human_bytes(report.output_bytes)} in {report.seconds:.1f} s "
+               f"(peak {report.peak_memory_gb:.2f} GB).")
+    for note in report.notes:
+        click.echo(f"Note: {note}.", err=True)
+    if report.chat_template == "other":
+        click.echo("Note: the GGUF's own chat template is kept in tokenizer_config.json; "
+                   "zephyr-local chats and trains in Zephyr's (run `sft` first to teach it).",
+                   err=True)
+    click.echo(f"Next: zephyr-local chat -m {target.name if not out else target}")
 
 
 # --- chat command (zephyr_local/tui/) ---

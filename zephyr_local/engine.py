@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 from zephyr_local import loading, store
 from zephyr_local.sampling import SamplingOptions
-from zephyr_local.template import fit_to_budget
+from zephyr_local.template import eos_id, fit_to_budget
 from zephyr_local.worker import MLXThread
 
 
@@ -176,7 +176,7 @@ class ChatSession:
             mx.random.seed(options.seed)
         mx.reset_peak_memory()
         model, tokenizer = self.engine.loaded.model, self.engine.tokenizer
-        eos = set(tokenizer.eos_token_ids)
+        eos = set(tokenizer.eos_token_ids) | {eos_id(tokenizer)}  # the template's turn end
         max_new = max(1, min(options.max_tokens, self.context_budget - len(ids)))
         detok = tokenizer.detokenizer
         detok.reset()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from zephyr_local.atomic import replace_dir
-from zephyr_local.backend import COMPUTE_DTYPES, default_compute_dtype
+from zephyr_local.backend import COMPUTE_DTYPES, default_dtype
 from zephyr_local.errors import ModelFormatError, ZephyrError
 from zephyr_local.quantize_files import copy_tokenizer_files, write_model_card
 
@@ -44,7 +44,7 @@ class QuantizeOptions:
     group_size: int = field(default=64, metadata={"help": "weights sharing a scale: 32, 64, 128"})
     dtype: str | None = field(default=None, metadata={
         "help": "dtype of scales, biases and unquantized parameters (None: the backend's "
-                "fastest, backend.default_compute_dtype())"})
+                "fastest, backend.default_dtype())"})
     head_bits: int | None = field(default=None, metadata={
         "help": "bits for the embedding and output head (None: same as --bits)"})
     force: bool = field(default=False, metadata={"help": "replace an existing output"})
@@ -52,7 +52,7 @@ class QuantizeOptions:
 
     def __post_init__(self) -> None:
         if self.dtype is None:
-            self.dtype = default_compute_dtype()
+            self.dtype = default_dtype()
 
     def validate(self) -> "QuantizeOptions":
         """Raise ZephyrError naming the bad value and the allowed ones."""

@@ -133,7 +133,9 @@ class ModelInfo:
 def model_info(path: Path) -> ModelInfo:
     """Size, dtype and quantization of a model directory, read from headers only."""
     size = dir_size(path)
-    info = ModelInfo(path.name, path, size, "?", source=read_source(path).get("repo_id"))
+    record = read_source(path)
+    source = record.get("repo_id") or record.get("imported_from")
+    info = ModelInfo(path.name, path, size, "?", source=str(source) if source else None)
     try:
         config = json.loads((path / "config.json").read_text())
         quant = config.get("quantization") or {}

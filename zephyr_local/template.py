@@ -1,8 +1,10 @@
 """Zephyr's chat template, rendered exactly, and the context budget.
 
-The template is Zephyr's Jinja template (REFERENCE.md section 2) written out in
-Python so that it needs no Jinja, rejects what the Jinja template would silently
-drop (unknown roles), and can fit a conversation into a token budget.
+The template is Zephyr's Jinja template written out in Python so that it needs no
+Jinja, rejects what the Jinja template would silently drop (unknown roles), and can
+fit a conversation into a token budget. Like the Jinja template it ends each turn
+with the tokenizer's own EOS token (`</s>` for Zephyr's), so any Llama/Mistral
+tokenizer works: that turn end is what the recipe's SFT step teaches a model.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Sequence
 from zephyr_local.errors import ContextOverflowError, TemplateError
 
 ROLES = ("system", "user", "assistant")
-EOS_TOKEN = "</s>"
+EOS_TOKEN = "</s>"  # Zephyr's tokenizer's EOS
 GENERATION_PROMPT = "<|assistant|>\n"
 DEFAULT_CONTEXT_BUDGET = 4096  # Zephyr's sliding window
 
@@ -43,26 +45,54 @@ def validate(messages: Any) -> list[dict]:
     return clean
 
 
-def render(messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+def render(
+    messages: Sequence[dict], add_generation_prompt: bool = True, eos: str = EOS_TOKEN
+) -> str:
     """Render a conversation as Zephyr's template does (without BOS).
 
-    Each turn is `<|role|>\\n{content}</s>\\n`; the generation prompt is
+    Each turn is `<|role|>\\n{content}{eos}\\n`; the generation prompt is
     `<|assistant|>\\n`.
     """
     messages = validate(messages)
-    text = "".join(f"<|{m['role']}|>\n{m['content']}{EOS_TOKEN}\n" for m in messages)
+    text = "".join(f"<|{m['role']}|>\n{m['content']}{eos}\n" for m in messages)
     if add_generation_prompt:
         text += GENERATION_PROMPT
     return text
 
 
 def encode(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of a rendered conversation, BOS first, as Hugging Face encodes them.
+    """Token ids of a rendered conversation, as Hugging Face encodes them.
 
     `tokenizer` is the model's Hugging Face tokenizer (or mlx-lm's wrapper of it):
-    encoding with special tokens adds BOS once and maps each `</s>` to id 2.
+    encoding with special tokens adds BOS once when the tokenizer adds one, and maps
+    each turn's EOS token to its single id (2 for Zephyr's `</s>`).
     """
-    return list(tokenizer.encode(render(messages, add_generation_prompt)))
+    return list(tokenizer.encode(render(messages, add_generation_prompt, eos_token(tokenizer))))
+
+
+def eos_token(tokenizer) -> str:
+    """The tokenizer's EOS token text, which ends every turn of the template."""
+    token = getattr(tokenizer, "eos_token", None)
+    if not isinstance(token, str) or not token:
+        raise TemplateError("the tokenizer has no EOS token: the Zephyr template needs one")
+    return token
+
+
+def eos_id(tokenizer) -> int:
+    """The id the template's turn end encodes to (one token, checked)."""
+    ids = tokenizer.convert_tokens_to_ids([eos_token(tokenizer)])
+    if not ids or ids[0] is None or ids[0] == getattr(tokenizer, "unk_token_id", -1):
+        raise TemplateError(f"the EOS token {eos_token(tokenizer)!r} is not in the vocabulary")
+    return int(ids[0])
+
+
+def uses_own_template(tokenizer) -> str | None:
+    """A one-line notice when the model ships a chat template other than Zephyr's."""
+    own = getattr(tokenizer, "chat_template", None)
+    if not own or ("<|assistant|>" in own and "<|user|>" in own):
+        return None
+    return ("this model ships its own chat template; zephyr-local uses Zephyr's "
+            f"(<|user|> ... {eos_token(tokenizer)}), which the recipe's SFT step teaches it")
 
 
 @dataclass

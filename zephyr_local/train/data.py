@@ -1,7 +1,7 @@
 """Training data as token ids: the Zephyr template, completion spans, truncation, batches.
 
-A row becomes a `Sequence`: token ids (BOS first, every turn ending with EOS id 2)
-and the spans of completion tokens the loss scores. Completion spans end with the
+A row becomes a `Sequence`: token ids (BOS first when the tokenizer adds one, every
+turn ending with the tokenizer's EOS) and the spans of completion tokens the loss scores. Completion spans end with the
 turn's EOS; the template's "\\n" after it is not scored.
 """
 
@@ -16,7 +16,7 @@ from zephyr_local import template
 from zephyr_local.train.config import DataConfig
 from zephyr_local.train.rows import DataError, DataSummary, PrefRow, SFTRow, read_rows
 
-EOS_ID = 2
+EOS_ID = 2  # Zephyr's; padding only (masked out), any valid id would do
 
 
 @dataclass
@@ -92,9 +92,13 @@ def default_eval_source(spec: str) -> str | None:
     return str(path) if path.is_dir() and (path / "valid.jsonl").is_file() else None
 
 
-def _cut_after_last_eos(ids: list[int]) -> list[int]:
-    """Drop the template's "\\n" after the final `</s>` so scoring ends at EOS."""
-    last = len(ids) - 1 - ids[::-1].index(EOS_ID)
+def _cut_after_last_eos(tokenizer, ids: list[int]) -> list[int]:
+    """Drop the template's "\\n" after the final EOS so scoring ends at EOS."""
+    eos = template.eos_id(tokenizer)
+    if eos not in ids:
+        raise DataError(f"the template's turn end {template.eos_token(tokenizer)!r} did not "
+                        "encode to the EOS id: this tokenizer cannot be trained here")
+    last = len(ids) - 1 - ids[::-1].index(eos)
     return ids[: last + 1]
 
 
@@ -120,7 +124,7 @@ def template_common_prefix(a: list[int], b: list[int]) -> int:
 
 def _reply(tokenizer, prompt: list[dict], reply: str, summary: DataSummary) -> tuple[list, int]:
     msgs = prompt + [{"role": "assistant", "content": reply}]
-    full = _cut_after_last_eos(template.encode(tokenizer, msgs, add_generation_prompt=False))
+    full = _cut_after_last_eos(tokenizer, template.encode(tokenizer, msgs, False))
     start = _boundary(template.encode(tokenizer, prompt, True), full, summary)
     return full, start
 
@@ -144,12 +148,12 @@ def tokenize_pref(tokenizer, row: PrefRow, cfg: DataConfig, summary: DataSummary
 def tokenize_sft(tokenizer, row: SFTRow, cfg: DataConfig, summary: DataSummary):
     """A Sequence scoring every assistant turn (content + EOS), or None if it cannot fit."""
     msgs = row.messages
-    full = _cut_after_last_eos(template.encode(tokenizer, msgs, add_generation_prompt=False))
+    full = _cut_after_last_eos(tokenizer, template.encode(tokenizer, msgs, False))
     spans = []
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        turn = _cut_after_last_eos(template.encode(tokenizer, msgs[: i + 1], False))
+        turn = _cut_after_last_eos(tokenizer, template.encode(tokenizer, msgs[: i + 1], False))
         start = _boundary(template.encode(tokenizer, msgs[:i], True), full, summary)
         end = template_common_prefix(turn, full)  # == len(turn) unless merges
         spans.append((start, max(start, end)))

@@ -14,7 +14,7 @@ from mlx.utils import tree_unflatten
 
 from zephyr_local import loading
 from zephyr_local.atomic import atomic_dir
-from zephyr_local.backend import COMPUTE_DTYPES, default_compute_dtype
+from zephyr_local.backend import COMPUTE_DTYPES, default_dtype
 from zephyr_local.errors import ZephyrError
 from zephyr_local.quantize import ALLOWED_BITS, cast_floating
 from zephyr_local.train.lora import load_adapter_into
@@ -41,7 +41,7 @@ def fuse(model_path: Path, adapter: Path, out: Path, bits: int | None = None,
     if bits is not None and bits not in ALLOWED_BITS:
         raise ZephyrError(f"--bits {bits}: choose {', '.join(map(str, ALLOWED_BITS))}")
     if dtype is None and bits is not None:
-        dtype = default_compute_dtype()
+        dtype = default_dtype()
     if dtype is not None and dtype not in COMPUTE_DTYPES:
         raise ZephyrError(f"--dtype {dtype}: choose {', '.join(COMPUTE_DTYPES)}")
     loaded = loading.load(Path(model_path))

@@ -121,7 +121,10 @@ class ChatApp(HistoryMixin, App):
         self.call_from_thread(self._model_ready, engine)
 
     def _model_ready(self, engine) -> None:
+        from rich.markup import escape
+
         from zephyr_local.backend import backend_name
+        from zephyr_local.template import uses_own_template
 
         self.engine = engine
         self.session = engine.session(self.config.context_budget)
@@ -131,6 +134,9 @@ class ChatApp(HistoryMixin, App):
             name += f" + {Path(loaded.adapter_path).name}"
         self.query_one(StatusBar).set_model(name, backend_name())
         self._show_context_estimate()
+        notice = uses_own_template(engine.tokenizer)
+        if notice:
+            self.notify(escape(notice.capitalize() + "."), timeout=8)
 
     def _model_failed(self, exc: ZephyrError) -> None:
         from zephyr_local.errors import ModelNotFoundError
