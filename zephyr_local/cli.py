@@ -522,7 +522,7 @@ _register_training(cli)
 @model_option
 @click.option("--case", "cases", multiple=True,
               help="Run only this case (repeatable): generation, multiturn, chat-ui, hardware, "
-                   "blas, dpo, quantize.")
+                   "blas, dpo, dtype, quantize.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Results folder (default: benchmarks/results in the checkout).")
 def bench(mode, model, cases, out_dir) -> None:
