@@ -81,6 +81,8 @@ def _check_dtype_case(case: dict) -> None:
         assert header["lm_head.scales"]["dtype"] == HEADER_DTYPE[v["dtype"]]
         assert v["decode_tok_s"] > 0 and v["tokens"] >= 2
         assert (v["vs_float32"] == 1.0) == (v["dtype"] == "float32")
+    probes = case["details"]["matmul_4096_4bit"]
+    assert set(probes) == {*COMPUTE_DTYPES, "dense"} and all(p["ms"] > 0 for p in probes.values())
     assert len(case["ratios"]) == 4
     assert all(f"{default_dtype()} (default) vs" in r["metric"] for r in case["ratios"])
 

@@ -15,10 +15,12 @@ import json
 import time
 from pathlib import Path
 
-from zephyr_local.bench.common import CaseResult, filler_ids, median, ratio
+from zephyr_local.bench.common import CaseResult, median, ratio
 
 BITS = (4, 8)
-PROMPT_TOKENS = 16
+# A prompt of a token or two: on the slow dtypes each prompt token costs as much as a
+# decoded one (MLX's CPU quantized matmul handles the rows of a batch one by one).
+PROMPT = "Once"
 MIN_TOKENS = 2
 
 
@@ -100,6 +102,61 @@ def decode_tps(model, ids: list[int], tokens: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _thread_ticks() -> dict[str, int] | None:
+    """CPU ticks so far of each thread of this process (Linux), else None."""
+    import os
+
+    try:
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            out[tid] = int(fields[11]) + int(fields[12])  # utime + stime
+        return out
+    except OSError:
+        return None
+
+
+def matmul_probe(kind: str, seconds: float = 1.0, k: int = 4096) -> dict:
+    """ms per (1 x k) @ (k x k) product and how many threads did the work.
+
+    `kind` is a dtype (a 4-bit, group-64 quantized matmul with scales in it) or "dense"
+    (a float32 matmul, which goes to BLAS on the CPU). A thread counts as busy when it
+    used at least a quarter of the busiest one's CPU time.
+    """
+    import mlx.core as mx
+
+    w = mx.random.normal((k, k), key=mx.random.key(0))
+    x = mx.random.normal((1, k), key=mx.random.key(1))
+    if kind == "dense":
+        args = (x, w.T)
+        op = mx.matmul
+    else:
+        dt = getattr(mx, kind)
+        args = (x.astype(dt), *mx.quantize(w.astype(dt), 64, 4))
+
+        def op(x, qw, scales, biases):
+            return mx.quantized_matmul(x, qw, scales, biases, True, 64, 4)
+
+    mx.eval(args)
+
+    def fn():
+        return op(*args)
+
+    mx.eval(fn())
+    before, t0, n = _thread_ticks(), time.perf_counter(), 0
+    while n < 2 or time.perf_counter() - t0 < seconds:
+        mx.eval(fn())
+        n += 1
+    ms = 1000 * (time.perf_counter() - t0) / n
+    after = _thread_ticks()
+    busy = None
+    if before is not None and after is not None:
+        used = [after[t] - before.get(t, 0) for t in after]
+        busy = sum(u >= max(used) / 4 for u in used) if max(used) > 0 else None
+    return {"ms": ms, "busy_threads": busy}
+
+
 def _timed_rounds(worker, models: dict, ids: list[int], *, max_tokens: int, budget_s: float,
                   repeats: int) -> dict:
     """{variant: [tok/s per round]}; slow variants decode fewer tokens (about budget_s),
@@ -117,9 +174,10 @@ def _timed_rounds(worker, models: dict, ids: list[int], *, max_tokens: int, budg
 
 
 def dtype_case(model: str, cache_root: Path, *, max_tokens: int, budget_s: float, repeats: int,
-               progress=lambda msg: None) -> CaseResult:
+               probe_s: float = 1.0, progress=lambda msg: None) -> CaseResult:
     """Decode tok/s of each (bits, dtype) variant; ratios of the backend's default dtype
-    against each other dtype (goal: the default is the fastest)."""
+    against each other dtype (goal: the default is the fastest). The details add
+    matmul_probe for each dtype ("dense": float32 through BLAS)."""
     from zephyr_local import loading
     from zephyr_local.backend import COMPUTE_DTYPES, backend_name, default_dtype
     from zephyr_local.worker import MLXThread
@@ -129,9 +187,12 @@ def dtype_case(model: str, cache_root: Path, *, max_tokens: int, budget_s: float
     worker = MLXThread("zephyr-bench-dtype")
     try:
         loaded = {key: worker.call(loading.load, path) for key, path in paths.items()}
-        ids = filler_ids(next(iter(loaded.values())).tokenizer, PROMPT_TOKENS)
+        ids = next(iter(loaded.values())).tokenizer.encode(PROMPT)
         timed = _timed_rounds(worker, {k: v.model for k, v in loaded.items()}, ids,
                               max_tokens=max_tokens, budget_s=budget_s, repeats=repeats)
+        # Why: one quantized matmul per dtype, and the threads it runs on (vs BLAS).
+        probes = {kind: worker.call(matmul_probe, kind, probe_s)
+                  for kind in (*COMPUTE_DTYPES, "dense")}
     finally:
         loaded = None
         worker.close()
@@ -139,7 +200,7 @@ def dtype_case(model: str, cache_root: Path, *, max_tokens: int, budget_s: float
     default = default_dtype()
     result.details = {
         "model": str(model), "backend": backend_name(), "default_dtype": default,
-        "prompt_tokens": len(ids), "repeats": repeats,
+        "prompt_tokens": len(ids), "repeats": repeats, "matmul_4096_4bit": probes,
         "variants": [{"bits": b, "dtype": d, "path": str(paths[(b, d)]),
                       "decode_tok_s": tps[(b, d)], "tokens": timed["tokens"][(b, d)],
                       "vs_float32": tps[(b, d)] / tps[(b, "float32")]}
