@@ -178,6 +178,8 @@ def dtype_case(model: str, cache_root: Path, *, max_tokens: int, budget_s: float
     """Decode tok/s of each (bits, dtype) variant; ratios of the backend's default dtype
     against each other dtype (goal: the default is the fastest). The details add
     matmul_probe for each dtype ("dense": float32 through BLAS)."""
+    from mlx_lm.utils import load_model
+
     from zephyr_local import loading
     from zephyr_local.backend import COMPUTE_DTYPES, backend_name, default_dtype
     from zephyr_local.worker import MLXThread
@@ -186,15 +188,17 @@ def dtype_case(model: str, cache_root: Path, *, max_tokens: int, budget_s: float
     paths = variants(Path(model), cache_root, progress)
     worker = MLXThread("zephyr-bench-dtype")
     try:
-        loaded = {key: worker.call(loading.load, path) for key, path in paths.items()}
-        ids = next(iter(loaded.values())).tokenizer.encode(PROMPT)
-        timed = _timed_rounds(worker, {k: v.model for k, v in loaded.items()}, ids,
-                              max_tokens=max_tokens, budget_s=budget_s, repeats=repeats)
+        # The variants share the tokenizer: load it once, and each model's weights.
+        models = {key: worker.call(lambda p: load_model(p)[0], path)
+                  for key, path in paths.items()}
+        ids = loading.load_tokenizer(Path(model)).encode(PROMPT)
+        timed = _timed_rounds(worker, models, ids, max_tokens=max_tokens, budget_s=budget_s,
+                              repeats=repeats)
         # Why: one quantized matmul per dtype, and the threads it runs on (vs BLAS).
         probes = {kind: worker.call(matmul_probe, kind, probe_s)
-                  for kind in (*COMPUTE_DTYPES, "dense")}
+                  for kind in (*COMPUTE_DTYPES, "dense")} if probe_s > 0 else {}
     finally:
-        loaded = None
+        models = None
         worker.close()
     tps = {key: median(v) for key, v in timed["tok_s"].items()}
     default = default_dtype()

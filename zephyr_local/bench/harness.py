@@ -24,13 +24,13 @@ MODES = {
               "dpo_dims": LARGE_DIMS, "dpo_steps": 2, "dpo_max_length": 128,
               "dpo_batch_pairs": 1, "chat_tokens": 256,
               "quantize_7b": False, "multiturn_dims": None, "dtype_tokens": 32,
-              "dtype_budget_s": 2.0},
+              "dtype_budget_s": 2.0, "dtype_probe_s": 1.0},
     "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
              "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3,
              "dpo_dims": LARGE_DIMS, "dpo_steps": 3, "dpo_max_length": 256,
              "dpo_batch_pairs": 2, "chat_tokens": 512,
              "quantize_7b": True, "multiturn_dims": LARGE_DIMS, "dtype_tokens": 64,
-             "dtype_budget_s": 5.0},
+             "dtype_budget_s": 5.0, "dtype_probe_s": 2.0},
 }
 
 
@@ -112,7 +112,8 @@ def _case_fns() -> dict[str, Callable]:
         from zephyr_local.bench.dtype import dtype_case
 
         return dtype_case(model, cache_dir(), max_tokens=s["dtype_tokens"],
-                          budget_s=s["dtype_budget_s"], repeats=s["repeats"])
+                          budget_s=s["dtype_budget_s"], repeats=s["repeats"],
+                          probe_s=s["dtype_probe_s"])
 
     def chat(engine, model, s, run):
         from zephyr_local.bench.chat_ui import chat_ui_case
