@@ -159,8 +159,9 @@ def matmul_probe(kind: str, seconds: float = 1.0, k: int = 4096) -> dict:
 
 def _timed_rounds(worker, models: dict, ids: list[int], *, max_tokens: int, budget_s: float,
                   repeats: int) -> dict:
-    """{variant: [tok/s per round]}; slow variants decode fewer tokens (about budget_s),
-    at least MIN_TOKENS: the 20-40x gaps this measures need no more."""
+    """{variant: [tok/s per round]}. Each run decodes for about budget_s (at most
+    max_tokens, at least MIN_TOKENS), so that every variant is exposed alike to other
+    work on the machine; the 10-40x gaps this measures need no more tokens."""
     tokens = {}
     for key, model in models.items():
         warm = worker.call(decode_tps, model, ids, MIN_TOKENS)  # and first-call allocations

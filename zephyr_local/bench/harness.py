@@ -23,13 +23,13 @@ MODES = {
               "user_tokens": 48, "reply_tokens": 16, "bandwidth_mb": 256, "blas_repeats": 1,
               "dpo_dims": LARGE_DIMS, "dpo_steps": 2, "dpo_max_length": 128,
               "dpo_batch_pairs": 1, "chat_tokens": 256,
-              "quantize_7b": False, "multiturn_dims": None, "dtype_tokens": 32,
+              "quantize_7b": False, "multiturn_dims": None, "dtype_tokens": 256,
               "dtype_budget_s": 2.0, "dtype_probe_s": 1.0},
     "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
              "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3,
              "dpo_dims": LARGE_DIMS, "dpo_steps": 3, "dpo_max_length": 256,
              "dpo_batch_pairs": 2, "chat_tokens": 512,
-             "quantize_7b": True, "multiturn_dims": LARGE_DIMS, "dtype_tokens": 64,
+             "quantize_7b": True, "multiturn_dims": LARGE_DIMS, "dtype_tokens": 512,
              "dtype_budget_s": 5.0, "dtype_probe_s": 2.0},
 }
 
