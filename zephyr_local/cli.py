@@ -420,10 +420,12 @@ def _quantize_source(arg: str, store_dir: Path) -> Path:
 @click.option("--dtype", type=click.Choice(backend.COMPUTE_DTYPES), default=None,
               help="Scales, biases and float weights (default: the backend's fastest, "
                    f"{backend.default_dtypes_text()}).")
+@click.option("--dequantize", is_flag=True,
+              help="Write every tensor as float (a source for `quantize` at other bits).")
 @click.option("--force", is_flag=True, help="Replace the output if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @click.pass_context
-def import_cmd(ctx, source, name, out, dtype, force, as_json) -> None:
+def import_cmd(ctx, source, name, out, dtype, dequantize, force, as_json) -> None:
     """Import a llama/mistral GGUF (a .gguf file, or ollama:NAME[:TAG]) into the store.
 
     Q4_0, Q4_1 and Q8_0 tensors stay quantized (exactly); F32/F16/BF16 stay float;
@@ -444,7 +446,7 @@ def import_cmd(ctx, source, name, out, dtype, force, as_json) -> None:
     with display.ProgressBars() as bars:
         report = gguf_import.import_gguf(
             path, target, dtype=dtype or backend.default_dtype(), force=force,
-            origin=source, progress=bars("Importing"))
+            dequantize=dequantize, origin=source, progress=bars("Importing"))
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
