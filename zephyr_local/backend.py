@@ -84,7 +84,7 @@ COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 # The fastest per backend (`zephyr-local bench --case dtype` measures it):
 # - cpu: float32. Only float32 matmuls reach BLAS, and MLX's CPU quantized matmul has a
 #   vectorised kernel only for float32; float16/bfloat16 take a scalar loop in the
-#   16-bit type. Decode with float16 scales measured ~20-30x slower than with float32.
+#   16-bit type: decode with float16 scales measured 10x to 100x+ slower.
 # - metal: float16, which every Apple GPU computes at full rate (M1/M2 lack fast bfloat16).
 # - cuda: float16 (not measured here). MLX's CUDA matmuls use tensor cores for float16 and
 #   bfloat16 but plain FMA for float32, float32 scales would double the scale bytes that
