@@ -228,7 +228,7 @@ def markdown_table(details: dict) -> str:
     head = " | ".join(f"{d} tok/s (x float32)" for d in COMPUTE_DTYPES)
     lines = [f"| bits | {head} |", "|---" * (1 + len(COMPUTE_DTYPES)) + "|"]
     for bits in sorted({b for b, _ in rows}):
-        cells = " | ".join(f"{rows[(bits, d)]['decode_tok_s']:.2f} "
+        cells = " | ".join(f"{rows[(bits, d)]['decode_tok_s']:.3g} "
                            f"({rows[(bits, d)]['vs_float32']:.3f})" for d in COMPUTE_DTYPES)
         lines.append(f"| {bits} | {cells} |")
     return "\n".join(lines)
