@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -177,12 +178,15 @@ def tokenize(ctx, model, messages_file, text, no_generation_prompt) -> None:
 @click.option("--messages", "messages_file", default=None, metavar="FILE.json",
               help="Reply to a whole conversation instead of one prompt.")
 @click.option("--system", default=None, help="System prompt.")
+@click.option("--attach", "attach", multiple=True, metavar="FILE",
+              help="A text document to answer from (repeatable): whole if it fits, else the "
+                   "best passages.")
 @sampling_options
 @click.option("--json", "as_json", is_flag=True,
               help="After the streamed reply, print one JSON line with the text and statistics.")
 @click.pass_context
 def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, context_budget,
-             as_json, **kwargs) -> None:
+             attach, as_json, **kwargs) -> None:
     """Stream Zephyr's reply to a prompt; `-` reads the prompt from stdin.
 
     Example: zephyr-local generate -m zephyr-test --temp 0 --prompt "Write a haiku"
@@ -197,9 +201,20 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
     if notice:
         click.secho(f"Note: {notice}.", err=True, dim=True)
     session = engine.session(context_budget)
-    parts, last = [], None
+    parts, last, record = [], None, {}
     try:
-        for last in session.reply(messages, options):
+        if attach:
+            from zephyr_local.doc_prompt import one_shot
+
+            plan, docs = one_shot(engine.tokenizer, messages, attach, session.context_budget,
+                                  options.max_tokens)
+            records = session.reply_to_ids(plan.ids, options, plan.dropped_turns)
+            record = {"documents": [{"file": d.name, "path": d.path, "tokens": d.tokens}
+                                    for d in docs], "documents_mode": plan.mode,
+                      "passages": [asdict(u) for u in plan.used]}
+        else:
+            records = session.reply(messages, options)
+        for last in records:
             parts.append(last.text)
             click.echo(last.text, nl=False)
             sys.stdout.flush()
@@ -212,7 +227,8 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
         click.secho(f"[{stats.dropped_turns} oldest turn(s) dropped to fit the context budget]",
                     err=True, fg="yellow")
     if as_json:
-        record = {"text": "".join(parts), "finish_reason": last.finish_reason, **stats.as_dict()}
+        record = {"text": "".join(parts), "finish_reason": last.finish_reason, **stats.as_dict(),
+                  **record}
         click.echo(json.dumps(record))
     else:
         click.secho(_stats_line(stats), err=True, dim=True)
@@ -524,7 +540,7 @@ _register_training(cli)
 @model_option
 @click.option("--case", "cases", multiple=True,
               help="Run only this case (repeatable): generation, multiturn, chat-ui, hardware, "
-                   "blas, dpo, dtype, quantize.")
+                   "blas, dpo, dtype, quantize, retrieval.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Results folder (default: benchmarks/results in the checkout).")
 def bench(mode, model, cases, out_dir) -> None:

@@ -24,13 +24,13 @@ MODES = {
               "dpo_dims": LARGE_DIMS, "dpo_steps": 2, "dpo_max_length": 128,
               "dpo_batch_pairs": 1, "chat_tokens": 256,
               "quantize_7b": False, "multiturn_dims": None, "dtype_tokens": 256,
-              "dtype_budget_s": 2.0, "dtype_probe_s": 1.0},
+              "dtype_budget_s": 2.0, "dtype_probe_s": 1.0, "docs_bytes": 1 << 20},
     "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
              "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3,
              "dpo_dims": LARGE_DIMS, "dpo_steps": 3, "dpo_max_length": 256,
              "dpo_batch_pairs": 2, "chat_tokens": 512,
              "quantize_7b": True, "multiturn_dims": LARGE_DIMS, "dtype_tokens": 512,
-             "dtype_budget_s": 5.0, "dtype_probe_s": 2.0},
+             "dtype_budget_s": 5.0, "dtype_probe_s": 2.0, "docs_bytes": 1 << 20},
 }
 
 
@@ -127,8 +127,13 @@ def _case_fns() -> dict[str, Callable]:
             return CaseResult("quantize 7B", skipped="full mode only (writes a 14.5 GB checkpoint)")
         return quantize_case(cache_dir())
 
+    def docs(engine, model, s, run):
+        from zephyr_local.bench.retrieval import retrieval_case
+
+        return retrieval_case(engine, repeats=s["repeats"], total_bytes=s["docs_bytes"])
+
     return {"generation": gen, "multiturn": multi, "chat-ui": chat, "quantize": quant,
-            "hardware": hw, "blas": cpu_blas, "dpo": dpo, "dtype": dtype}
+            "hardware": hw, "blas": cpu_blas, "dpo": dpo, "dtype": dtype, "retrieval": docs}
 
 
 def cache_dir() -> Path:
