@@ -216,7 +216,9 @@ def test_head_bits_config_loads_per_layer(quantized):
     model, _ = load(str(path))
     assert model.lm_head.bits == 8 and model.model.embed_tokens.bits == 8
     assert model.model.layers[0].mlp.up_proj.bits == 3
-    assert report.bits_per_weight == 3.5 and report.head_bits_per_weight == 8.5
+    per_group = 2 * SCALE_BITS[report.dtype] / 64  # a scale and a bias per 64 weights
+    assert report.bits_per_weight == 3 + per_group
+    assert report.head_bits_per_weight == 8 + per_group
 
 
 def test_models_listing_counts_mixed_precision_layers(quantized):
