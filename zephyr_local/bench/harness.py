@@ -79,7 +79,9 @@ def _case_fns() -> dict[str, Callable]:
 
     def hw(engine, model, s, run):
         decode = [r for c in run.results for r in c.ratios if r.metric.startswith("generation tok/s")]
-        tps = decode[0].ours if decode else 0.0
+        # Alone (`--case hardware`), it measures decode itself rather than report 0 tok/s.
+        tps = decode[0].ours if decode else generation.decode_tps(
+            engine, max_tokens=s["max_tokens"], repeats=s["repeats"])
         result = hardware.hardware_case(engine, tps, megabytes=s["bandwidth_mb"])
         if s["quantize_7b"]:
             from zephyr_local.bench.quantize7b import quantized_path
@@ -150,8 +152,12 @@ def available_cases() -> list[str]:
 
 
 def run(mode: str = "quick", model: str | None = None, cases: list[str] | None = None,
-        progress: Callable[[str], None] = lambda msg: None) -> BenchRun:
-    """Run the cases (all by default) on `model` (default: a fresh test model)."""
+        progress: Callable[[str], None] = lambda msg: None,
+        on_case: Callable[[int, int, str], None] | None = None) -> BenchRun:
+    """Run the cases (all by default) on `model` (default: a fresh test model).
+
+    `on_case(done, total, name)` is called before each case and once at the end.
+    """
     from zephyr_local.engine import Engine
     from zephyr_local.testmodel import create_test_model
 
@@ -171,9 +177,13 @@ def run(mode: str = "quick", model: str | None = None, cases: list[str] | None =
         engine = Engine.load(model)
         bench = BenchRun(mode, str(engine.loaded.path), cases, machine_record(), model_given=given)
         try:
-            for name in cases:
+            for i, name in enumerate(cases):
                 progress(f"case {name}")
+                if on_case:
+                    on_case(i, len(cases), name)
                 bench.results.append(fns[name](engine, model, settings, bench))
+            if on_case:
+                on_case(len(cases), len(cases), "done")
         finally:
             engine.close()
     return bench
