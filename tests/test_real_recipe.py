@@ -1,21 +1,18 @@
 """The Zephyr recipe on a real model: SFT teaches the turn end, DPO a style, both kept.
 
 SmolLM2-135M-Instruct (imported from its GGUF) is trained through the `sft`, `dpo` and
-`evaluate` commands on the bundled `example:real-sft` / `example:real-prefs` data, and
-its greedy replies to prompts that are in neither data set are checked before SFT,
-after SFT and after SFT+DPO: how many stop at EOS, and how many open with the style
-the preferred answers carry ("Happy to help!").
+`evaluate` commands on the bundled `example:real-sft` data, and its greedy replies to
+prompts that are in no bundled data set are checked before and after SFT: how many
+stop at EOS, and that none carries the preference sets' style ("Happy to help!").
 
 The CPU backend trains the float32 copy that `mlx_lm.convert --dequantize` makes of the
 4-bit import (the same weights): MLX's quantized matmul is fast there only for one
-token at a time, while float32 goes through BLAS. `ZEPHYR_LOCAL_REAL_TRAP=1` also runs
-DPO on the appended-style variant (`example:real-prefs-end`) and checks the trap.
+token at a time, while float32 goes through BLAS.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -117,13 +114,11 @@ def rates(replies: list[tuple[str, str]]) -> dict:
 # Settings found to work on this model in a few steps (seed 0): LoRA on the last 8 blocks.
 SFT_FLAGS = ["--data", "example:real-sft", "--iters", "12", "--batch-size", "4",
              "--lr", "1e-3", "--lora-layers", "8", "--seed", "0"]
-DPO_FLAGS = ["--data", "example:real-prefs", "--iters", "10", "--batch-size", "4",
-             "--lr", "5e-4", "--beta", "0.1", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
 def recipe(smollm2_model, tmp_path_factory):
-    """Base -> SFT -> DPO through the commands, with the replies and metrics of each stage."""
+    """Base -> SFT through the commands, with the replies and metrics of each stage."""
     from conftest import Cli
 
     root = tmp_path_factory.mktemp("recipe")
@@ -132,40 +127,24 @@ def recipe(smollm2_model, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ZEPHYR_LOCAL_HOME", str(root / "home"))
         out["replies"] = {"base": greedy_replies(model)}
-        for kind, flags, start in (("sft", SFT_FLAGS, None), ("dpo", DPO_FLAGS, "sft")):
-            resume = ["--resume-adapter", str(root / start)] if start else []
-            r = cli(kind, "-m", "smollm2-f32", "--out", str(root / kind), *flags, *resume)
-            assert r.exit_code == 0, r.output
-            out["replies"][kind] = greedy_replies(model, root / kind)
-            out[kind] = root / kind
-        for tag, adapter, data in (("eval_base", None, "example:real-sft"),
-                                   ("eval_sft", root / "sft", "example:real-sft"),
-                                   ("eval_dpo", root / "dpo", "example:real-prefs")):
+        r = cli("sft", "-m", "smollm2-f32", "--out", str(root / "sft"), *SFT_FLAGS)
+        assert r.exit_code == 0, r.output
+        out["replies"]["sft"] = greedy_replies(model, root / "sft")
+        for tag, adapter in (("eval_base", None), ("eval_sft", root / "sft")):
             args = ["--adapter", str(adapter)] if adapter else []
-            e = cli("evaluate", "-m", "smollm2-f32", *args, "--data", data)
+            e = cli("evaluate", "-m", "smollm2-f32", *args, "--data", "example:real-sft")
             assert e.exit_code == 0, e.output
             out[tag] = json.loads(e.stdout)
     out["rates"] = {stage: rates(r) for stage, r in out["replies"].items()}
     print(json.dumps({"rates": out["rates"], "replies": out["replies"],
-                      **{k: out[k] for k in ("eval_base", "eval_sft", "eval_dpo")}}, indent=1))
+                      **{k: out[k] for k in ("eval_base", "eval_sft")}}, indent=1))
     return out
 
 
-def test_sft_teaches_the_turn_end(recipe):
+@pytest.mark.timeout(1200)  # the fixture trains; minutes on a loaded 2-core CPU
+def test_sft_teaches_the_turn_end_and_the_answers(recipe):
     base, sft = recipe["rates"]["base"], recipe["rates"]["sft"]
     assert sft["stopped"] >= 11 and sft["stopped"] >= base["stopped"], recipe["replies"]["sft"]
     assert sft["mentions"] == 0  # the style is not in the SFT data
-    # Held-out answers: SFT lowers their loss below the base's.
-    assert recipe["eval_sft"]["loss"] < recipe["eval_base"]["loss"]
-
-
-def test_dpo_teaches_the_style_and_replies_still_stop(recipe):
-    dpo = recipe["rates"]["dpo"]
-    assert dpo["styled"] >= 9, recipe["replies"]["dpo"]
-    assert dpo["stopped"] >= 11, recipe["replies"]["dpo"]
-
-
-def test_evaluate_after_dpo_prefers_the_held_out_chosen_replies(recipe):
-    m = recipe["eval_dpo"]
-    assert m["rewards/accuracies"] >= 0.75 and m["rewards/margins"] > 0, m
-    assert m["reference"] == str(recipe["sft"].resolve())
+    # Held-out answers (real_sft_valid.jsonl): SFT lowers their loss below the base's.
+    assert recipe["eval_sft"]["loss"] < 0.8 * recipe["eval_base"]["loss"]
