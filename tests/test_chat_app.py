@@ -51,6 +51,16 @@ async def type_and_send(pilot, text: str) -> None:
     await wait_until(pilot, lambda: not pilot.app.generating)
 
 
+async def edit_message(pilot, index: int, text: str) -> None:
+    """Edit message `index` (Tab to it, e) and resend it as `text`."""
+    app = pilot.app
+    app.views()[index].focus()
+    await pilot.press("e")
+    await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
+    app.screen.query_one("TextArea").text = text
+    await pilot.press("ctrl+s")
+
+
 def make_app(engine, tmp_path, options=GREEDY, **config) -> ChatApp:
     cfg = ChatConfig(options=options, history_path=tmp_path / "history.sqlite", **config)
     return ChatApp(cfg, engine=engine)
@@ -209,11 +219,7 @@ async def test_follow_up_regenerate_and_edit_reuse_the_cache(engine, tmp_path):
         assert app.views()[-1].content == old_reply  # greedy: the same reply again
         assert regen.prefilled_tokens == 1  # the whole prompt came from the cache
 
-        app.views()[0].focus()
-        await pilot.press("e")
-        await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
-        app.screen.query_one("TextArea").text = "First question, edited"
-        await pilot.press("ctrl+s")
+        await edit_message(pilot, 0, "First question, edited")
         await wait_until(pilot, lambda: len(app.views()) == 2 and not app.generating)
         edited = app.last_final.stats
         messages = [{"role": "user", "content": "First question, edited"}]
@@ -578,6 +584,7 @@ def test_snapshot_main_screen(snap_compare, engine, tmp_path):
     cid = _snapshot_history(tmp_path)
 
     async def resume(pilot):
+        pilot.app.query_one(PromptInput).cursor_blink = False  # the cursor is always drawn
         await pilot.app.open_conversation(cid)
         await pilot.pause()
 

@@ -28,7 +28,7 @@ def _conversation(history, *texts, system=None):
 
 def test_new_database_is_versioned_and_in_wal_mode(history):
     db = sqlite3.connect(history.path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"conversations", "messages"} <= tables

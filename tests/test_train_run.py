@@ -62,7 +62,7 @@ def test_first_step_is_log2_and_adapter_is_mlx_lm_format(run_cli, data, tmp_path
     assert first["rewards/chosen"] == pytest.approx(0, abs=1e-5)
     assert first["rewards/margins"] == pytest.approx(0, abs=1e-5)
     for key in ("rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected",
-                "grad_norm", "learning_rate", "tokens_per_second", "peak_memory_gb", "step"):
+                "logits/chosen", "logits/rejected", "num_tokens", "grad_norm", "learning_rate", "tokens_per_second", "peak_memory_gb", "step"):
         assert key in first
     assert second["loss"] < first["loss"] and second["step"] == 2
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -103,15 +103,16 @@ def test_short_dpo_run_raises_heldout_accuracy(run_cli, data, tmp_path):
     r = dpo(run_cli, data["train"], out, "--iters", "10", "--lr", "2e-3", "--batch-size", "4",
             "--eval-data", data["heldout"], "--eval-every", "5")
     assert r.exit_code == 0, r.output
-    evals = [x for x in records(out) if "eval/rewards/accuracies" in x]
+    evals = [x for x in records(out) if "eval_rewards/accuracies" in x]
     assert [x["step"] for x in evals] == [5, 10]
     e = run_cli("evaluate", "-m", "zephyr-test", "--adapter", str(out), "--data", data["heldout"])
     assert e.exit_code == 0, e.output
     result = json.loads(e.stdout)
     assert result["pairs"] == 6 and result["reference"] == "base"
-    assert result["rewards/accuracies"] >= 0.83 and result["rewards/margins"] > 0
-    assert result["loss"] < math.log(2)
-    assert result["rewards/accuracies"] == pytest.approx(evals[-1]["eval/rewards/accuracies"])
+    assert result["eval_rewards/accuracies"] >= 0.83 and result["eval_rewards/margins"] > 0
+    assert result["eval_loss"] < math.log(2)
+    assert result["eval_rewards/accuracies"] == pytest.approx(evals[-1]["eval_rewards/accuracies"])
+    assert result["eval_logits/chosen"] == pytest.approx(evals[-1]["eval_logits/chosen"], rel=1e-4)
 
 
 def strip_timing(rs):
@@ -237,7 +238,8 @@ def test_sft_then_dpo_then_evaluate_then_fuse(run_cli, data, tmp_path, test_mode
     e = run_cli("evaluate", "-m", "zephyr-test", "--adapter", str(sft_out), "--data", data["sft"])
     assert e.exit_code == 0, e.output
     m = json.loads(e.stdout)
-    assert m["perplexity"] == pytest.approx(math.exp(m["loss"]), rel=1e-6) and m["rows"] == 8
+    assert m["eval_perplexity"] == pytest.approx(math.exp(m["eval_loss"]), rel=1e-6)
+    assert m["rows"] == 8
     e = run_cli("evaluate", "-m", "zephyr-test", "--adapter", str(dpo_out), "--data", data["heldout"])
     assert e.exit_code == 0 and json.loads(e.stdout)["reference"] == str(sft_out.resolve())
     f = run_cli("fuse", "-m", "zephyr-test", "--adapter", str(dpo_out), "--out", str(fused))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -116,31 +117,19 @@ def read_messages(source: str) -> list[dict]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def info(ctx: click.Context, as_json: bool) -> None:
-    """Show the backend, device, memory, versions, BLAS and model store.
+    """Show the OS, Python, package versions, backend, device, BLAS, paths and offline state.
+
+    The output is a fenced block to paste into a bug report as it is.
 
     Example: zephyr-local info
     """
-    from zephyr_local import backend
+    from zephyr_local import report
 
-    data = backend.describe()
-    data["models_dir"] = str(_store(ctx))
+    data = report.gather(_store(ctx))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    gib = data.get("memory_bytes", 0) / 2**30
-    lines = [
-        ("backend", data["backend"]),
-        ("device", data["device"]),
-        ("memory", f"{gib:.1f} GiB"),
-        ("BLAS", f"{data['blas']} ({data['blas_detail']})"),
-        ("mlx", data["mlx_version"]),
-        ("mlx-lm", data["mlx-lm_version"]),
-        ("textual", data["textual_version"]),
-        ("zephyr-local", data["zephyr-local_version"]),
-        ("models dir", data["models_dir"]),
-    ]
-    for key, value in lines:
-        click.echo(f"{key:>13}: {value}")
+    click.echo(report.block(data))
 
 
 @cli.command()
@@ -176,13 +165,18 @@ def tokenize(ctx, model, messages_file, text, no_generation_prompt) -> None:
 @click.option("--messages", "messages_file", default=None, metavar="FILE.json",
               help="Reply to a whole conversation instead of one prompt.")
 @click.option("--system", default=None, help="System prompt.")
+@click.option("--attach", "attach", multiple=True, metavar="FILE",
+              help="A text document to answer from (repeatable): whole if it fits, else the "
+                   "best passages.")
 @sampling_options
 @click.option("--json", "as_json", is_flag=True,
-              help="After the streamed reply, print one JSON line with the text and statistics.")
+              help="Print only JSON on stdout: one object with the text and statistics.")
+@click.option("--json-stream", is_flag=True,
+              help="Print only JSON on stdout: one object per chunk, then the final one.")
 @click.pass_context
 def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, context_budget,
-             as_json, **kwargs) -> None:
-    """Stream Zephyr's reply to a prompt; `-` reads the prompt from stdin.
+             attach, as_json, json_stream, **kwargs) -> None:
+    """Stream Zephyr's reply to a prompt; `-` (or `--prompt -`) reads the prompt from stdin.
 
     Example: zephyr-local generate -m zephyr-test --temp 0 --prompt "Write a haiku"
     """
@@ -196,24 +190,38 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
     if notice:
         click.secho(f"Note: {notice}.", err=True, dim=True)
     session = engine.session(context_budget)
-    parts, last = [], None
+    parts, last, record = [], None, {}
     try:
-        for last in session.reply(messages, options):
+        if attach:
+            from zephyr_local.doc_prompt import one_shot
+
+            plan, docs = one_shot(engine.tokenizer, messages, attach, session.context_budget,
+                                  options.max_tokens)
+            records = session.reply_to_ids(plan.ids, options, plan.dropped_turns)
+            record = {"documents": [{"file": d.name, "path": d.path, "tokens": d.tokens}
+                                    for d in docs], "documents_mode": plan.mode,
+                      "passages": [asdict(u) for u in plan.used]}
+        else:
+            records = session.reply(messages, options)
+        for last in records:
             parts.append(last.text)
-            click.echo(last.text, nl=False)
+            if json_stream:
+                click.echo(json.dumps({"text": last.text, "token": last.token}))
+            elif not as_json:
+                click.echo(last.text, nl=False)
             sys.stdout.flush()
     finally:
         engine.close()
-    click.echo()
-    sys.stdout.flush()
     stats = last.stats
     if stats.dropped_turns:
         click.secho(f"[{stats.dropped_turns} oldest turn(s) dropped to fit the context budget]",
                     err=True, fg="yellow")
-    if as_json:
-        record = {"text": "".join(parts), "finish_reason": last.finish_reason, **stats.as_dict()}
+    if as_json or json_stream:
+        record = {"text": "".join(parts), "finish_reason": last.finish_reason, **stats.as_dict(),
+                  **record}
         click.echo(json.dumps(record))
     else:
+        click.echo()
         click.secho(_stats_line(stats), err=True, dim=True)
 
 
@@ -226,7 +234,8 @@ def _prompt_messages(prompt, stdin_prompt, messages_file, system) -> list[dict]:
     if messages_file is not None:
         messages = read_messages(messages_file)
     else:
-        text = sys.stdin.read() if stdin_prompt == "-" else prompt
+        from_stdin = "-" in (stdin_prompt, prompt)  # mlx-lm's `--prompt -` reads stdin too
+        text = sys.stdin.read() if from_stdin else prompt
         if not text.strip():
             raise ZephyrError("the prompt is empty")
         messages = [{"role": "user", "content": text}]
@@ -254,8 +263,10 @@ def models(ctx, as_json: bool) -> None:
     Example: zephyr-local models
     """
     from zephyr_local import store
+    from zephyr_local.hfcache import HF_CACHE_MARK, cached_models
 
     rows = store.list_models(_store(ctx))
+    rows += cached_models(exclude={r.source for r in rows if r.source})
     if as_json:
         click.echo(json.dumps([{**r.__dict__, "path": str(r.path)} for r in rows], indent=2))
         return
@@ -266,7 +277,7 @@ def models(ctx, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Models in {_store(ctx)}")
+    table = Table(title=f"Models in {_store(ctx)} and the Hugging Face cache")
     table.add_column("name", no_wrap=True)
     for col in ("size", "dtype", "quant", "bits/w"):
         table.add_column(col)
@@ -274,7 +285,7 @@ def models(ctx, as_json: bool) -> None:
     for r in rows:
         quant = f"{r.bits}-bit g{r.group_size}" if r.bits else "-"
         bpw = f"{r.bits_per_weight:.2f}" if r.bits_per_weight else "?"
-        source = r.source or "local"
+        source = "HF cache (shared)" if r.source == HF_CACHE_MARK else r.source or "local"
         table.add_row(r.name, human_bytes(r.size_bytes), r.dtype, r.error or quant, bpw, source)
     Console().print(table)
 
@@ -337,6 +348,11 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
         click.echo("The partial download is kept: the same command resumes it.", err=True)
         raise
     size = human_bytes(result.size_bytes)
+    if result.from_hf_cache:
+        click.echo(f"{repo_id} is already complete in the Hugging Face cache: {result.path} "
+                   f"({size}); using it there (no second copy). --force downloads it into "
+                   "the store.")
+        return
     if result.already_present:
         click.echo(f"{repo_id} is already in the store: {result.path} ({size}). "
                    "Use --force to download it again.")
@@ -350,6 +366,8 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
 
 @cli.command()
 @click.argument("model", required=False)
+@click.option("--model", "-m", "model_opt", default=None, metavar="MODEL",
+              help="The same as the MODEL argument (as every other command takes it).")
 @click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4, 5, 6 or 8.")
 @click.option("--group-size", type=int, default=64, show_default=True,
               help="Weights per scale and bias: 32, 64 or 128.")
@@ -363,7 +381,7 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
 @click.option("--no-eval", is_flag=True, help="Skip the perplexity/KL quality report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
-def quantize(ctx, model, bits, group_size, dtype, head_bits, out, force, no_eval,
+def quantize(ctx, model, model_opt, bits, group_size, dtype, head_bits, out, force, no_eval,
              as_json) -> None:
     """Quantize MODEL (hub id, store name or directory) and report what it cost.
 
@@ -376,6 +394,9 @@ def quantize(ctx, model, bits, group_size, dtype, head_bits, out, force, no_eval
     from zephyr_local import display, store
     from zephyr_local import quantize as q
 
+    if model and model_opt and model != model_opt:
+        raise click.UsageError(f"two models given ({model!r} and --model {model_opt!r})")
+    model = model or model_opt
     opts = q.QuantizeOptions(bits=bits, group_size=group_size, dtype=dtype,
                              head_bits=head_bits, force=force, evaluate=not no_eval).validate()
     arg = model or store.DEFAULT_REPO
@@ -418,10 +439,12 @@ def _quantize_source(arg: str, store_dir: Path) -> Path:
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="Scales, biases and float weights (default: float32 on the CPU backend, "
                    "float16 on Metal/CUDA).")
+@click.option("--dequantize", is_flag=True,
+              help="Write every tensor as float (a source for `quantize` at other bits).")
 @click.option("--force", is_flag=True, help="Replace the output if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @click.pass_context
-def import_cmd(ctx, source, name, out, dtype, force, as_json) -> None:
+def import_cmd(ctx, source, name, out, dtype, dequantize, force, as_json) -> None:
     """Import a llama/mistral GGUF (a .gguf file, or ollama:NAME[:TAG]) into the store.
 
     Q4_0, Q4_1 and Q8_0 tensors stay quantized (exactly); F32/F16/BF16 stay float;
@@ -442,7 +465,7 @@ def import_cmd(ctx, source, name, out, dtype, force, as_json) -> None:
     with display.ProgressBars() as bars:
         report = gguf_import.import_gguf(
             path, target, dtype=dtype or backend.default_dtype(), force=force,
-            origin=source, progress=bars("Importing"))
+            dequantize=dequantize, origin=source, progress=bars("Importing"))
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
@@ -520,7 +543,7 @@ _register_training(cli)
 @model_option
 @click.option("--case", "cases", multiple=True,
               help="Run only this case (repeatable): generation, multiturn, chat-ui, hardware, "
-                   "blas, dpo, quantize.")
+                   "blas, dpo, quantize, retrieval.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Results folder (default: benchmarks/results in the checkout).")
 def bench(mode, model, cases, out_dir) -> None:
@@ -536,12 +559,28 @@ def bench(mode, model, cases, out_dir) -> None:
 
     if model is not None:
         model = str(store.resolve_model(model))
-    run = harness.run(mode, model, list(cases) or None,
-                      progress=lambda msg: click.echo(f"... {msg}", err=True))
+    from zephyr_local import display
+
+    with display.ProgressBars() as bars:
+        cases_bar = bars("Benchmark")
+        run = harness.run(mode, model, list(cases) or None,
+                          progress=lambda msg: bars.progress.console.print(f"... {msg}"),
+                          on_case=lambda done, total, name: cases_bar(done, total, name))
     out = Path(out_dir) if out_dir else store.home_dir() / "benchmarks" / "results"
     paths = harness.write(run, out)
     click.echo(paths["md"].read_text())
     click.echo(f"Wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")
+
+
+from zephyr_local.export import register as _register_export
+
+_register_export(cli)
+
+# mlx-lm's flag names as aliases, from the one table in flags.py (after every command exists).
+from zephyr_local import flags as _flags
+
+_flags.install(cli)
+_flags.install_model_completion(cli)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from zephyr_local.atomic import human_bytes
@@ -51,11 +52,12 @@ class ProgressBars:
             Progress,
             TextColumn,
             TimeElapsedColumn,
+            TimeRemainingColumn,
         )
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("{task.fields[what]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[what]}"),
             console=Console(stderr=True), transient=False)
         self.started = False  # started by the first update: errors before any work stay clean
         return self
@@ -112,3 +114,29 @@ def print_quantize_report(r) -> None:
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
+
+
+def stdout_is_terminal() -> bool:
+    """Tables for people at a terminal; JSON when stdout is a pipe or a file."""
+    return sys.stdout.isatty()
+
+
+def print_metrics_table(result: dict) -> None:
+    """`evaluate`'s result as a rich table on stdout: what was evaluated, then each metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result.get('kind', '')} evaluation of {result.get('adapter') or 'the base'}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if isinstance(value, dict):
+            continue  # the data summary: its own line below
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown)
+    console = Console()
+    console.print(table)
+    summary = result.get("summary")
+    if isinstance(summary, dict):
+        console.print("data: " + ", ".join(f"{k} {v}" for k, v in summary.items()
+                                           if not isinstance(v, (list, dict))))

@@ -1,13 +1,11 @@
 """`zephyr-local import`: a llama/mistral GGUF file into the model store as an MLX model.
 
-MLX reads GGUF itself (`mx.load(..., return_metadata=True)`): Q4_0, Q4_1 and Q8_0
-tensors come back as MLX affine-quantized triples with group size 32, which is
-exactly those formats' arithmetic (w = d*(q-8), d*q + m, d*q), so they stay
-quantized. Float tensors stay float. Every other type (K-quants, IQ) is
-dequantized to float with the `gguf` package. What this module adds: the checks,
-the tensor names mlx-lm expects, undoing llama.cpp's q/k row permutation,
-config.json from the metadata, the tokenizer files (gguf_tokenizer.py), and an
-atomic write into the store.
+Q4_0, Q4_1 and Q8_0 tensors are exactly MLX's affine quantization with group size
+32, so they stay quantized (repacked in gguf_tensors.py); float tensors stay float;
+every other type (K-quants, IQ) is dequantized to float by the `gguf` package, which
+also reads the file. This module adds the checks, the tensor names mlx-lm expects,
+undoing llama.cpp's q/k row permutation, config.json from the metadata, the
+tokenizer files (gguf_tokenizer.py), and an atomic write into the store.
 """
 
 from __future__ import annotations
@@ -19,15 +17,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from zephyr_local import gguf_tokenizer
+import numpy as np
+
+from zephyr_local import gguf_tensors, gguf_tokenizer
 from zephyr_local.atomic import atomic_dir, dir_size, human_bytes
 from zephyr_local.errors import ModelFormatError, ModelNotFoundError, ZephyrError
 
 ARCHITECTURES = ("llama", "mistral")
-# GGUF tensor types that MLX maps exactly onto its affine quantization (group 32).
-MLX_QUANTIZED = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
-FLOAT_TYPES = ("F32", "F16", "BF16")
-GROUP_SIZE = 32
+GROUP_SIZE = gguf_tensors.GROUP_SIZE
 SHARD_BYTES = 2 << 30
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -148,7 +145,7 @@ def _is_mistral(reader, arch: str) -> bool:
 
 
 def build_config(reader, tensor_names: set[str], dtype: str) -> dict:
-    """config.json for mlx-lm (Hugging Face names) from the GGUF metadata."""
+    """config.json for mlx-lm (Hugging Face names) from the GGUF metadata and tensor names."""
     arch = _meta(reader, "general.architecture")
 
     def key(name, default=None):
@@ -192,102 +189,61 @@ def build_config(reader, tensor_names: set[str], dtype: str) -> dict:
     return config
 
 
-def _dequantize(tensor, dtype):
-    """A GGUF tensor of any type as a float MLX array (numpy via the `gguf` package)."""
-    import mlx.core as mx
-    import numpy as np
-    from gguf.quants import dequantize
-
-    try:
-        values = dequantize(tensor.data, tensor.tensor_type)
-    except NotImplementedError:
-        raise ModelFormatError(
-            f"tensor {tensor.name}: type {tensor.tensor_type.name} cannot be read by the "
-            "installed `gguf` package") from None
-    return mx.array(np.ascontiguousarray(values, dtype=np.float32)).astype(dtype)
-
-
-def convert_tensors(path: Path, reader, config: dict, dtype: str, progress=None):
-    """MLX weights with mlx-lm's names, and the quantization block for config.json.
+def convert_tensors(
+    reader, config: dict, dtype: str, dst: Path, progress=None, dequantize: bool = False
+) -> tuple:
+    """Write the weights with mlx-lm's names into `dst`, one tensor at a time.
 
     Returns:
-        (weights, quantization, stats): `quantization` is None when nothing stays quantized.
+        (quantization, stats): `quantization` is the config.json block (None when
+        nothing stays quantized); stats counts tensor types, kept and dequantized.
     """
     import mlx.core as mx
 
     mx_dtype = getattr(mx, dtype)
-    by_type = {t.name: t.tensor_type.name for t in reader.tensors}
-    needs_mx = any(t in MLX_QUANTIZED or t in FLOAT_TYPES for t in by_type.values())
-    loaded = mx.load(str(path)) if needs_mx else {}
-    weights, layer_bits = {}, {}
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
-    total = len(reader.tensors)
+    writer = gguf_tensors.ShardWriter(dst, SHARD_BYTES)
+    layer_bits, types = {}, {}
     for i, tensor in enumerate(reader.tensors):
-        name, kind = tensor.name, by_type[tensor.name]
-        target = hf_name(name)
-        base = target.rsplit(".", 1)[0]
-        part = name.split(".")[-2]
-        if kind in MLX_QUANTIZED:
-            arrays = {
-                f"{base}.weight": loaded[name],
-                f"{base}.scales": loaded[name.replace(".weight", ".scales")].astype(mx_dtype),
-                f"{base}.biases": loaded[name.replace(".weight", ".biases")].astype(mx_dtype),
-            }
-            layer_bits[base] = MLX_QUANTIZED[kind]
-        elif kind in FLOAT_TYPES:
-            arrays = {target: loaded[name].astype(mx_dtype)}
-        else:
-            arrays = {target: _dequantize(tensor, mx_dtype)}
-        if part in heads:
-            arrays = {k: unpermute(v, heads[part]) for k, v in arrays.items()}
-        mx.eval(list(arrays.values()))
-        weights.update(arrays)
-        if progress:
-            progress(i + 1, total, name)
-    del loaded
-    quantization = None
-    if layer_bits:
-        counts: dict[int, int] = {}
-        for b in layer_bits.values():
-            counts[b] = counts.get(b, 0) + 1
-        main = max(counts, key=counts.get)
-        quantization = {"group_size": GROUP_SIZE, "bits": main, "mode": "affine"}
-        for base, b in sorted(layer_bits.items()):
-            if b != main:
-                quantization[base] = {"group_size": GROUP_SIZE, "bits": b}
-    types: dict[str, int] = {}
-    for kind in by_type.values():
+        kind = tensor.tensor_type.name
         types[kind] = types.get(kind, 0) + 1
-    kept = sum(n for k, n in types.items() if k in MLX_QUANTIZED)
-    dequantized = sum(
-        n for k, n in types.items() if k not in MLX_QUANTIZED and k not in FLOAT_TYPES)
-    return weights, quantization, {"types": types, "kept": kept, "dequantized": dequantized}
+        target = hf_name(tensor.name)
+        base = target.rsplit(".", 1)[0]
+        if kind in gguf_tensors.LAYOUT and not dequantize:
+            weight, scales, biases = gguf_tensors.repack(tensor.data, kind)
+            arrays = {f"{base}.weight": weight, f"{base}.scales": scales,
+                      f"{base}.biases": biases}
+            layer_bits[base] = gguf_tensors.LAYOUT[kind][0]
+        else:
+            arrays = {target: gguf_tensors.to_float(tensor)}
+        part = tensor.name.split(".")[-2]
+        for name, value in arrays.items():
+            if part in heads:
+                value = unpermute(value, heads[part])
+            value = mx.array(np.ascontiguousarray(value))
+            writer.add(name, value if value.dtype == mx.uint32 else value.astype(mx_dtype))
+        if progress:
+            progress(i + 1, len(reader.tensors), tensor.name)
+    writer.close()
+    kept = 0 if dequantize else sum(n for k, n in types.items() if k in gguf_tensors.LAYOUT)
+    floats = sum(n for k, n in types.items() if k in gguf_tensors.FLOAT_TYPES)
+    stats = {"types": types, "kept": kept, "dequantized": sum(types.values()) - kept - floats}
+    return _quantization_block(layer_bits), stats
 
 
-def _save_shards(weights: dict, dst: Path) -> None:
-    """safetensors shards of at most SHARD_BYTES, with an index when there are several."""
-    import mlx.core as mx
-
-    shards, size = [[]], 0
-    for name in sorted(weights):
-        nbytes = weights[name].nbytes
-        if shards[-1] and size + nbytes > SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    if len(shards) == 1:
-        mx.save_safetensors(str(dst / "model.safetensors"), weights, metadata={"format": "mlx"})
-        return
-    weight_map = {}
-    for i, names in enumerate(shards):
-        shard = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        mx.save_safetensors(str(dst / shard), {n: weights[n] for n in names},
-                            metadata={"format": "mlx"})
-        weight_map.update({n: shard for n in names})
-    index = {"metadata": {"total_size": sum(w.nbytes for w in weights.values())},
-             "weight_map": weight_map}
-    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+def _quantization_block(layer_bits: dict) -> dict | None:
+    """The most common bit width as the default, the other layers listed by path."""
+    if not layer_bits:
+        return None
+    counts: dict[int, int] = {}
+    for b in layer_bits.values():
+        counts[b] = counts.get(b, 0) + 1
+    main = max(counts, key=counts.get)
+    block = {"group_size": GROUP_SIZE, "bits": main, "mode": "affine"}
+    for base, b in sorted(layer_bits.items()):
+        if b != main:
+            block[base] = {"group_size": GROUP_SIZE, "bits": b}
+    return block
 
 
 def default_name(path: Path, reader) -> str:
@@ -304,6 +260,7 @@ def import_gguf(
     *,
     dtype: str = "float32",
     force: bool = False,
+    dequantize: bool = False,
     origin: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> ImportReport:
@@ -314,6 +271,7 @@ def import_gguf(
         out: the model directory to write.
         dtype: float type of scales, biases and float tensors.
         force: replace `out` if it exists.
+        dequantize: write every tensor as float (a source for `quantize`).
         origin: what the user named (an `ollama:` reference), for the model card.
         progress: called as progress(done, total, tensor_name).
     """
@@ -329,16 +287,17 @@ def import_gguf(
     t0 = time.perf_counter()
     mx.reset_peak_memory()
     reader = read_header(path)
-    names = {hf_name(t.name) for t in reader.tensors}
+    names = {t.name for t in reader.tensors}
+    for name in names:
+        hf_name(name)  # refuse tensors with no place in the model before any work
     config = build_config(reader, names, dtype)
-    weights, quantization, stats = convert_tensors(path, reader, config, dtype, progress)
-    if quantization:
-        config["quantization"] = quantization
-        config["quantization_config"] = quantization
     params = sum(int(t.n_elements) for t in reader.tensors)
     with atomic_dir(out) as tmp:
-        _save_shards(weights, tmp)
-        del weights
+        quantization, stats = convert_tensors(
+            reader, config, dtype, tmp, progress, dequantize)
+        if quantization:
+            config["quantization"] = quantization
+            config["quantization_config"] = quantization
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tok = gguf_tokenizer.write_tokenizer(reader, tmp)
         source = {"imported_from": origin or str(path), "format": "gguf",

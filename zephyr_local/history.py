@@ -1,5 +1,8 @@
 """Conversation history in SQLite: versioned schema, WAL, one transaction per change.
 
+Messages form a tree: an edit or a regenerated reply is a sibling of the message it
+replaces, and each conversation remembers the leaf of the branch on screen.
+
 Every completed message is committed as soon as it exists, so a crash or kill -9
 loses at most the reply being generated. A file that is not a SQLite database, or
 that a newer zephyr-local wrote, raises HistoryError and is never touched.
@@ -17,34 +20,16 @@ from pathlib import Path
 
 from zephyr_local import store
 from zephyr_local.errors import ZephyrError
+from zephyr_local.history_schema import SCHEMA_VERSION, migrate
 
-SCHEMA_VERSION = 1
 FILE_NAME = "history.sqlite"
 TITLE_LENGTH = 60
-
-_SCHEMA_V1 = """
-CREATE TABLE conversations (
-    id INTEGER PRIMARY KEY,
-    title TEXT NOT NULL,
-    system_prompt TEXT,
-    sampling TEXT,              -- JSON of SamplingOptions fields, NULL = app defaults
-    model TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE messages (
-    id INTEGER PRIMARY KEY,
-    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-    position INTEGER NOT NULL,
-    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-    content TEXT NOT NULL,
-    finish_reason TEXT,         -- assistant replies: stop / length / cancelled
-    stats TEXT,                 -- JSON of ReplyStats
-    created_at REAL NOT NULL,
-    UNIQUE (conversation_id, position)
-);
-CREATE INDEX messages_by_conversation ON messages(conversation_id, position);
-"""
+_CURRENT = object()  # append()'s default parent: the leaf of the branch on screen
+_MESSAGE_COLUMNS = ("m.id, m.parent_id, m.role, m.content, m.finish_reason, m.stats, m.sources,"
+                    " (SELECT count(*) FROM messages s WHERE s.conversation_id = m.conversation_id"
+                    " AND s.parent_id IS m.parent_id AND s.id <= m.id),"
+                    " (SELECT count(*) FROM messages s WHERE s.conversation_id = m.conversation_id"
+                    " AND s.parent_id IS m.parent_id)")
 
 
 class HistoryError(ZephyrError):
@@ -61,6 +46,11 @@ class StoredMessage:
     content: str
     finish_reason: str | None = None
     stats: dict | None = None
+    sources: list | None = None  # passages a reply was given (doc_prompt.UsedPassage fields)
+    id: int | None = None
+    parent_id: int | None = None
+    version: int = 1  # 1-based index among its siblings (edits / regenerations)
+    versions: int = 1
 
     def as_chat(self) -> dict:
         return {"role": self.role, "content": self.content}
@@ -120,27 +110,21 @@ class History:
                                f"this one reads up to {SCHEMA_VERSION}); upgrade zephyr-local")
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
             if version < SCHEMA_VERSION:
-                self._migrate(db, version)
+                migrate(db, version)  # before foreign keys: they cannot change in a transaction
+            db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             db.close()
             raise HistoryError(f"{self.path}: cannot use the history database ({exc})") from None
         return db
 
-    @staticmethod
-    def _migrate(db: sqlite3.Connection, version: int) -> None:
-        """Bring the schema from `version` to SCHEMA_VERSION in one transaction."""
-        with _transaction(db):
-            if version < 1:
-                for statement in _SCHEMA_V1.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
     def close(self) -> None:
         self._db.close()
+
+    def connection(self) -> sqlite3.Connection:
+        """The connection: the attached documents' tables (retrieval.py) live here too."""
+        return self._db
 
     # -- conversations ---------------------------------------------------------
 
@@ -163,14 +147,24 @@ class History:
         return _conversation(row) if row else None
 
     def list(self, search: str = "") -> list[Conversation]:
-        """Conversations, newest first; `search` matches titles and message text."""
-        query = ("SELECT id, title, system_prompt, sampling, model, updated_at FROM conversations c")
+        """Conversations, newest first; `search` matches titles and the text of any
+        message in any branch (case-insensitive substring, as FTS5's trigram index
+        finds it; under 3 characters, too short for trigrams, a scan)."""
+        query = "SELECT id, title, system_prompt, sampling, model, updated_at FROM conversations c"
         args: tuple = ()
-        if search.strip():
-            pattern = "%" + _escape_like(search.strip()) + "%"
-            query += (" WHERE c.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m"
-                      " WHERE m.conversation_id = c.id AND m.content LIKE ? ESCAPE '\\')")
-            args = (pattern, pattern)
+        text = search.strip()
+        if text:
+            pattern = "%" + _escape_like(text) + "%"
+            if len(text) >= 3:
+                in_messages = ("c.id IN (SELECT m.conversation_id FROM messages_fts f JOIN"
+                               " messages m ON m.id = f.rowid WHERE messages_fts MATCH ?)")
+                needle = '"' + text.replace('"', '""') + '"'
+            else:
+                in_messages = ("EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id"
+                               " AND m.content LIKE ? ESCAPE '\\')")
+                needle = pattern
+            query += f" WHERE c.title LIKE ? ESCAPE '\\' OR {in_messages}"
+            args = (pattern, needle)
         query += " ORDER BY c.updated_at DESC, c.id DESC"
         return [_conversation(row) for row in self._db.execute(query, args)]
 
@@ -201,49 +195,110 @@ class History:
     # -- messages --------------------------------------------------------------
 
     def messages(self, conversation_id: int) -> list[StoredMessage]:
+        """The branch on screen: from the first message to the conversation's current leaf."""
+        conv = self._db.execute("SELECT current_leaf FROM conversations WHERE id = ?",
+                                (conversation_id,)).fetchone()
+        return self.branch(conv[0]) if conv and conv[0] is not None else []
+
+    def branch(self, leaf_id: int) -> list[StoredMessage]:
+        """The messages from the first one down to `leaf_id`, in order."""
         rows = self._db.execute(
-            "SELECT role, content, finish_reason, stats FROM messages WHERE conversation_id = ?"
-            " ORDER BY position", (conversation_id,))
-        return [StoredMessage(r[0], r[1], r[2], json.loads(r[3]) if r[3] else None) for r in rows]
+            "WITH RECURSIVE up(id) AS (SELECT ? UNION ALL SELECT m.parent_id FROM messages m"
+            " JOIN up ON m.id = up.id WHERE m.parent_id IS NOT NULL)"
+            f" SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN up ON m.id = up.id"
+            " ORDER BY m.position", (leaf_id,))
+        return [_message(r) for r in rows]
 
-    def append(self, conversation_id: int, message: StoredMessage) -> int:
-        """Add a message at the end (committed on return); returns its position.
+    def tree(self, conversation_id: int) -> list[StoredMessage]:
+        """Every message of every branch, parents before children."""
+        rows = self._db.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages m"
+                                " WHERE m.conversation_id = ? ORDER BY m.position, m.id",
+                                (conversation_id,))
+        return [_message(r) for r in rows]
 
-        The first user message also names an untitled conversation.
+    def append(self, conversation_id: int, message: StoredMessage, parent_id=_CURRENT) -> int:
+        """Add a message (committed on return) under `parent_id` (default: the current
+        leaf; None: a new first message); it becomes the current leaf. Returns its id.
+
+        A new child of a message that already has one is a sibling branch: an edit
+        or a regenerated reply. The first user message also names an untitled
+        conversation.
         """
         now = time.time()
         with _transaction(self._db):
-            position = self._db.execute(
-                "SELECT COALESCE(MAX(position) + 1, 0) FROM messages WHERE conversation_id = ?",
-                (conversation_id,)).fetchone()[0]
-            self._db.execute(
-                "INSERT INTO messages (conversation_id, position, role, content, finish_reason,"
-                " stats, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, position, message.role, message.content,
-                 message.finish_reason, _dump(message.stats), now),
-            )
+            if parent_id is _CURRENT:
+                parent_id = self._db.execute("SELECT current_leaf FROM conversations WHERE id = ?",
+                                             (conversation_id,)).fetchone()[0]
+            position = 0 if parent_id is None else self._db.execute(
+                "SELECT position + 1 FROM messages WHERE id = ?", (parent_id,)).fetchone()[0]
+            cur = self._db.execute(
+                "INSERT INTO messages (conversation_id, parent_id, position, role, content,"
+                " finish_reason, stats, sources, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, parent_id, position, message.role, message.content,
+                 message.finish_reason, _dump(message.stats), _dump(message.sources), now))
             if message.role == "user" and position == 0:
                 self._db.execute("UPDATE conversations SET title = ? WHERE id = ?"
                                  " AND title = 'New chat'", (make_title(message.content),
                                                              conversation_id))
-            self._db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?",
-                             (now, conversation_id))
-        return position
+            self._db.execute("UPDATE conversations SET current_leaf = ?, updated_at = ?"
+                             " WHERE id = ?", (cur.lastrowid, now, conversation_id))
+        return int(cur.lastrowid)
+
+    def switch(self, conversation_id: int, message_id: int, step: int) -> int | None:
+        """Show the version `step` away (-1 previous, +1 next) of message `message_id`;
+        the branch below follows its newest path. Returns the new current leaf, or
+        None where there is no such version."""
+        row = self._db.execute("SELECT parent_id FROM messages WHERE id = ?",
+                               (message_id,)).fetchone()
+        if row is None:
+            return None
+        siblings = [r[0] for r in self._db.execute(
+            "SELECT id FROM messages WHERE conversation_id = ? AND parent_id IS ? ORDER BY id",
+            (conversation_id, row[0]))]
+        index = siblings.index(message_id) + step
+        if not 0 <= index < len(siblings):
+            return None
+        leaf, child = siblings[index], siblings[index]
+        while child is not None:
+            leaf = child
+            child = self._db.execute("SELECT max(id) FROM messages WHERE parent_id = ?",
+                                     (leaf,)).fetchone()[0]
+        self.set_leaf(conversation_id, leaf)
+        return leaf
+
+    def set_leaf(self, conversation_id: int, leaf_id: int | None) -> None:
+        """Make the branch ending at `leaf_id` the one on screen (None: empty)."""
+        with _transaction(self._db):
+            self._db.execute("UPDATE conversations SET current_leaf = ? WHERE id = ?",
+                             (leaf_id, conversation_id))
 
     def truncate(self, conversation_id: int, keep: int) -> None:
-        """Drop every message from position `keep` on (regenerate, edit)."""
+        """Delete the current branch's messages from position `keep` on, with every
+        branch under them (a failed message given back to edit)."""
+        branch = self.messages(conversation_id)
+        if keep >= len(branch):
+            return
         with _transaction(self._db):
-            self._db.execute("DELETE FROM messages WHERE conversation_id = ? AND position >= ?",
-                             (conversation_id, keep))
+            self._db.execute("DELETE FROM messages WHERE id = ?", (branch[keep].id,))
+            self._db.execute("UPDATE conversations SET current_leaf = ? WHERE id = ?",
+                             (branch[keep - 1].id if keep > 0 else None, conversation_id))
 
-    def export_json(self, conversation_id: int) -> dict:
-        """`{"messages": [{"role", "content"}, ...]}`, system prompt first: what
-        `generate --messages` and the training commands read."""
+    def export_json(self, conversation_id: int, all_branches: bool = False) -> dict:
+        """`{"messages": [{"role", "content"}, ...]}` for the current branch, system
+        prompt first: what `generate --messages` and the training commands read.
+        `all_branches` adds `"tree"`: every message with its id and parent id."""
         conv = self.get(conversation_id)
         chat = [m.as_chat() for m in self.messages(conversation_id)]
         if conv and conv.system_prompt:
             chat.insert(0, {"role": "system", "content": conv.system_prompt})
-        return {"messages": chat}
+        data: dict = {"messages": chat}
+        if all_branches:
+            data["tree"] = [{"id": m.id, "parent_id": m.parent_id, "role": m.role,
+                             "content": m.content, "finish_reason": m.finish_reason}
+                            for m in self.tree(conversation_id)]
+            current = self.messages(conversation_id)
+            data["current_leaf"] = current[-1].id if current else None
+        return data
 
     def export_markdown(self, conversation_id: int) -> str:
         conv = self.get(conversation_id)
@@ -275,7 +330,12 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _dump(value: dict | None) -> str | None:
+def _message(r) -> StoredMessage:
+    return StoredMessage(r[2], r[3], r[4], json.loads(r[5]) if r[5] else None,
+                         json.loads(r[6]) if r[6] else None, r[0], r[1], r[7], r[8])
+
+
+def _dump(value: dict | list | None) -> str | None:
     return json.dumps(value) if value is not None else None
 
 

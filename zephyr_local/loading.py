@@ -113,16 +113,16 @@ def load(path: Path, adapter_path: Path | None = None, lazy: bool = False) -> Lo
     config = check_model_dir(path)
     if adapter_path is not None:
         check_adapter_dir(adapter_path)
-    from mlx_lm.utils import load_adapters, load_model
+    from mlx_lm.utils import load_model
 
     try:
         model, config = load_model(path, lazy=lazy)
-        if adapter_path is not None:
-            model = load_adapters(model, str(adapter_path))
-            model.eval()
     except (ValueError, KeyError, RuntimeError) as exc:
-        target = adapter_path or path
-        raise ModelFormatError(f"{target}: cannot load weights ({_first_line(exc)})") from None
+        raise ModelFormatError(f"{path}: cannot load weights ({_first_line(exc)})") from None
+    if adapter_path is not None:
+        from zephyr_local.train.lora import load_adapter_into  # the one adapter loader
+
+        load_adapter_into(model, Path(adapter_path))
     tokenizer = _tokenizer(path, config)
     return LoadedModel(model, tokenizer, config, path, adapter_path)
 

@@ -26,7 +26,7 @@ def store_root() -> Path:
 
 def parse(ref: str) -> tuple[str, str]:
     """`ollama:zephyr` -> ("library/zephyr", "latest"); `ollama:me/m:q8` -> ("me/m", "q8")."""
-    body = ref[len(PREFIX):] if ref.startswith(PREFIX) else ref
+    body = ref.removeprefix(PREFIX)
     name, _, tag = body.partition(":")
     if not _NAME.fullmatch(name) or (tag and not re.fullmatch(r"[A-Za-z0-9._-]+", tag)):
         raise ModelNotFoundError(f"{ref!r} is not an ollama model name (ollama:NAME or NAME:TAG)")

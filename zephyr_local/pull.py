@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from zephyr_local import loading
+from zephyr_local import hfcache, loading
 from zephyr_local.atomic import dir_size, human_bytes, replace_dir, write_text
 from zephyr_local.download import ProgressFn, RemoteFile, Tracker, download_file, part_path
 from zephyr_local.errors import ModelFormatError, ModelNotFoundError, ZephyrError
@@ -54,6 +54,7 @@ class PullResult:
     size_bytes: int
     already_present: bool = False
     downloaded_bytes: int = 0
+    from_hf_cache: bool = False  # found complete in the Hugging Face cache: nothing copied
 
 
 def pull(
@@ -95,6 +96,9 @@ def pull(
             )
         return PullResult(target, repo_id, source.get("commit"), dir_size(target),
                           already_present=True)
+    cached = None if force else _from_hf_cache(repo_id, revision)
+    if cached is not None:
+        return cached
     partial_root = store / PARTIAL_DIR
     partial_root.mkdir(parents=True, exist_ok=True)
     with _exclusive(partial_root / f"{target.name}.lock", repo_id):
@@ -109,12 +113,26 @@ def pull(
         notify(f"Pulling {repo_id} @ {commit[:12]}: {len(files)} files, {human_bytes(tracker.total)}"
                f" ({len(files) - len(todo)} already here)")
         downloaded = _download_all(repo_id, commit, partial, todo, tracker)
+        loading.check_model_dir(partial)
+        # One copy on disk, in the Hugging Face cache where mlx-lm finds it by hub id too.
+        shared = hfcache.adopt(partial, repo_id, commit, revision, files)
         _finish(partial, target, {
             "repo_id": repo_id, "revision": revision or "main", "commit": commit,
             "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "hf_cache": str(hfcache.cache_dir()) if shared else None,
         })
         _state_path(partial).unlink(missing_ok=True)
     return PullResult(target, repo_id, commit, dir_size(target), downloaded_bytes=downloaded)
+
+
+def _from_hf_cache(repo_id: str, revision: str | None) -> PullResult | None:
+    """The repo, complete in the Hugging Face cache (mlx-lm's download, say): used where
+    it is, since every command resolves the hub id to it; no request, no second copy."""
+    path = hfcache.usable_snapshot(repo_id, revision)
+    if path is None:
+        return None
+    return PullResult(path, repo_id, path.name, dir_size(path), already_present=True,
+                      from_hf_cache=True)
 
 
 def list_files(repo_id: str, revision: str | None = None) -> tuple[str, list[RemoteFile]]:

@@ -28,9 +28,14 @@ def _size(n: int) -> str:
 
 
 def write_model_card(dst: Path, report) -> None:
-    """A short README.md: source, settings, bits per weight, size, quality, tool version."""
+    """A short README.md with the Hub's YAML header (base_model: the source's repo id):
+    source, settings, bits per weight, size, quality, tool version."""
+    from zephyr_local.cards import hub_id, yaml_header
+
     head = f"{report.head_bits}-bit" if report.head_bits else f"{report.bits}-bit (same)"
+    tags = ["mlx", "zephyr-local", "quantized", f"{report.bits}-bit"]
     lines = [
+        yaml_header(hub_id(Path(report.source)), tags),
         f"# {Path(report.output).name}",
         "",
         f"MLX {report.bits}-bit quantization of `{report.source}`, "

@@ -46,14 +46,14 @@ def store_name(repo_id: str) -> str:
     return repo_id.rstrip("/").split("/")[-1]
 
 
-def _hf_cache_snapshot(repo_id: str) -> Path | None:
+def _hf_cache_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     """A complete snapshot of `repo_id` in the Hugging Face cache, found offline."""
     try:
         from huggingface_hub import snapshot_download
 
         # Only the files a model needs: without patterns, huggingface_hub calls a snapshot
         # downloaded without the repo's pickle files (as mlx-lm and `pull` do) incomplete.
-        path = snapshot_download(repo_id, local_files_only=True,
+        path = snapshot_download(repo_id, revision=revision, local_files_only=True,
                                  allow_patterns=MODEL_FILE_PATTERNS,
                                  ignore_patterns=NOT_MODEL_FILE_PATTERNS)
     except Exception:  # not cached, or an invalid id: both mean "not here"

@@ -9,8 +9,9 @@ tokenizer works: that turn end is what the recipe's SFT step teaches a model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from zephyr_local.errors import ContextOverflowError, TemplateError
 

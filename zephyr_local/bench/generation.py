@@ -19,6 +19,13 @@ def _ours(engine: Engine, ids: list[int], max_tokens: int) -> dict:
             "generation_tokens": s.generation_tokens}
 
 
+def decode_tps(engine: Engine, *, prompt_length: int = 32, max_tokens: int, repeats: int) -> float:
+    """Our generation tok/s on a short prompt, best of `repeats` (for the hardware case
+    when the generation case did not run)."""
+    ids = filler_ids(engine.tokenizer, prompt_length)
+    return max(_ours(engine, ids, max_tokens)["generation_tps"] for _ in range(max(repeats, 1)))
+
+
 def _mlx_lm(engine: Engine, ids: list[int], max_tokens: int) -> dict:
     """mlx-lm's stream_generate, on the same MLX thread, model and prompt."""
     import mlx.core as mx

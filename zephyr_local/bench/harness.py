@@ -23,12 +23,12 @@ MODES = {
               "user_tokens": 48, "reply_tokens": 16, "bandwidth_mb": 256, "blas_repeats": 1,
               "dpo_dims": LARGE_DIMS, "dpo_steps": 2, "dpo_max_length": 128,
               "dpo_batch_pairs": 1, "chat_tokens": 256,
-              "quantize_7b": False, "multiturn_dims": None},
+              "quantize_7b": False, "multiturn_dims": None, "docs_bytes": 1 << 20},
     "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
              "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3,
              "dpo_dims": LARGE_DIMS, "dpo_steps": 3, "dpo_max_length": 256,
              "dpo_batch_pairs": 2, "chat_tokens": 512,
-             "quantize_7b": True, "multiturn_dims": LARGE_DIMS},
+             "quantize_7b": True, "multiturn_dims": LARGE_DIMS, "docs_bytes": 1 << 20},
 }
 
 
@@ -76,7 +76,9 @@ def _case_fns() -> dict[str, Callable]:
 
     def hw(engine, model, s, run):
         decode = [r for c in run.results for r in c.ratios if r.metric.startswith("generation tok/s")]
-        tps = decode[0].ours if decode else 0.0
+        # Alone (`--case hardware`), it measures decode itself rather than report 0 tok/s.
+        tps = decode[0].ours if decode else generation.decode_tps(
+            engine, max_tokens=s["max_tokens"], repeats=s["repeats"])
         result = hardware.hardware_case(engine, tps, megabytes=s["bandwidth_mb"])
         if s["quantize_7b"]:
             from zephyr_local.bench.quantize7b import quantized_path
@@ -110,8 +112,13 @@ def _case_fns() -> dict[str, Callable]:
             return CaseResult("quantize 7B", skipped="full mode only (writes a 14.5 GB checkpoint)")
         return quantize_case(cache_dir())
 
+    def docs(engine, model, s, run):
+        from zephyr_local.bench.retrieval import retrieval_case
+
+        return retrieval_case(engine, repeats=s["repeats"], total_bytes=s["docs_bytes"])
+
     return {"generation": gen, "multiturn": multi, "chat-ui": chat, "quantize": quant,
-            "hardware": hw, "blas": cpu_blas, "dpo": dpo}
+            "hardware": hw, "blas": cpu_blas, "dpo": dpo, "retrieval": docs}
 
 
 def cache_dir() -> Path:
@@ -128,8 +135,12 @@ def available_cases() -> list[str]:
 
 
 def run(mode: str = "quick", model: str | None = None, cases: list[str] | None = None,
-        progress: Callable[[str], None] = lambda msg: None) -> BenchRun:
-    """Run the cases (all by default) on `model` (default: a fresh test model)."""
+        progress: Callable[[str], None] = lambda msg: None,
+        on_case: Callable[[int, int, str], None] | None = None) -> BenchRun:
+    """Run the cases (all by default) on `model` (default: a fresh test model).
+
+    `on_case(done, total, name)` is called before each case and once at the end.
+    """
     from zephyr_local.engine import Engine
     from zephyr_local.testmodel import create_test_model
 
@@ -148,9 +159,13 @@ def run(mode: str = "quick", model: str | None = None, cases: list[str] | None =
         engine = Engine.load(model)
         bench = BenchRun(mode, str(engine.loaded.path), cases, machine_record())
         try:
-            for name in cases:
+            for i, name in enumerate(cases):
                 progress(f"case {name}")
+                if on_case:
+                    on_case(i, len(cases), name)
                 bench.results.append(fns[name](engine, model, settings, bench))
+            if on_case:
+                on_case(len(cases), len(cases), "done")
         finally:
             engine.close()
     return bench

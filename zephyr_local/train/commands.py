@@ -89,6 +89,7 @@ def train_options(kind: str):
             click.option("--seed", type=int, default=0, show_default=True),
             click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True, help="Evaluate every N steps (always at the end)."),
             click.option("--save-every", type=click.IntRange(min=1), default=50, show_default=True),
+            click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary on stdout (progress stays on stderr)."),
         ]
         if kind == "dpo":
             options += [
@@ -149,13 +150,22 @@ def _progress(kind: str):
         TimeRemainingColumn,
     )
 
-    progress = Progress(TextColumn(f"{kind}"), BarColumn(), MofNCompleteColumn(),
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                         console=_console())
-    state = {}
+    state = {"work": {}}
 
     def on_event(event: str, payload) -> None:
-        if event == "data":
+        if event == "work":  # tokenizing, the reference pass: before the first step
+            if not progress.live.is_started:
+                progress.start()
+            tasks = state["work"]
+            if payload["what"] not in tasks:
+                tasks[payload["what"]] = progress.add_task(payload["what"], total=payload["total"],
+                                                           info="")
+            progress.update(tasks[payload["what"]], completed=payload["done"],
+                            total=payload["total"], description=payload["what"])
+        elif event == "data":
             for tag, ds in (("train", payload["train"]), ("eval", payload["eval"])):
                 if ds is not None:
                     progress.console.print(f"[bold]{tag} data[/] {ds.source}: {ds.summary.line()}")
@@ -166,7 +176,8 @@ def _progress(kind: str):
             progress.console.print(f"reference log-probs ({payload['data']}, {payload['rows']} "
                                    f"sequences): {how} {payload['path']}")
         elif event == "start":
-            progress.start()
+            if not progress.live.is_started:
+                progress.start()
             state["task"] = progress.add_task(kind, total=payload["total"],
                                               completed=payload["start"], info="")
         elif event == "step":
@@ -194,6 +205,7 @@ def _console():
 def run_training(ctx: click.Context, kind: str, kw: dict) -> None:
     from zephyr_local.train.run import run
 
+    as_json = kw.pop("as_json", False)
     cfg, resume = build_config(ctx, kind, kw)
     on_event, progress = _progress(kind)
     try:
@@ -205,12 +217,24 @@ def run_training(ctx: click.Context, kind: str, kw: dict) -> None:
         ctx.exit(130)
     finally:
         progress.stop()
+    if as_json:
+        click.echo(json.dumps(summary(kind, result)))
+        return
     click.echo(f"Wrote adapter {result.out} ({result.steps} steps); metrics "
                f"{result.out / 'metrics.jsonl'}, curves {result.plot}")
     if result.last:
         click.echo(json.dumps(result.last))
     if result.eval:
         click.echo(json.dumps(result.eval))
+
+
+def summary(kind: str, result) -> dict:
+    """`--json`: what the run wrote, its last step and its final evaluation (TRL names)."""
+    return {"kind": kind, "adapter": str(result.out), "steps": result.steps,
+            "total_steps": result.total_steps, "metrics": str(result.out / "metrics.jsonl"),
+            "plot": str(result.plot) if result.plot else None,
+            "reference_from_cache": result.reference_from_cache,
+            "train_data": result.train_summary, "last_step": result.last, "eval": result.eval}
 
 
 def register(cli: click.Group) -> None:

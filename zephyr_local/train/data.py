@@ -174,8 +174,9 @@ def tokenize_sft(tokenizer, row: SFTRow, cfg: DataConfig, summary: DataSummary):
     return Sequence(full, spans)
 
 
-def load_dataset(spec: str, kind: str, tokenizer, cfg: DataConfig, split: str = "train") -> Dataset:
-    """Read, validate and tokenize a data source.
+def load_dataset(spec: str, kind: str, tokenizer, cfg: DataConfig, split: str = "train",
+                 progress=None) -> Dataset:
+    """Read, validate and tokenize a data source; `progress(done, total)` per 64 rows.
 
     Raises:
         DataError: bad source, a bad row under --strict, or no usable row.
@@ -184,7 +185,13 @@ def load_dataset(spec: str, kind: str, tokenizer, cfg: DataConfig, split: str = 
     summary = DataSummary()
     rows = read_rows(path, kind, summary, strict=cfg.strict)
     tok = tokenize_pref if kind == "dpo" else tokenize_sft
-    examples = [ex for ex in (tok(tokenizer, r, cfg, summary) for r in rows) if ex is not None]
+    examples = []
+    for i, row in enumerate(rows):
+        ex = tok(tokenizer, row, cfg, summary)
+        if ex is not None:
+            examples.append(ex)
+        if progress is not None and ((i + 1) % 64 == 0 or i + 1 == len(rows)):
+            progress(i + 1, len(rows))
     summary.kept = len(examples)
     if not examples:
         detail = f" ({summary.first_errors[0]})" if summary.first_errors else ""

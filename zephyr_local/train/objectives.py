@@ -20,11 +20,12 @@ from zephyr_local.train.losses import dpo_loss, pair_metrics
 
 def dpo_forward(model, tokens, mask, ref_w, ref_l, weight, loss_name, beta, eps):
     """One forward pass over chosen+rejected rows [2B, L]; returns (weighted loss, parts)."""
-    logps, counts = sequence_logps(model, tokens, mask)
+    logps, counts, logit_sums = sequence_logps(model, tokens, mask, with_logits=True)
     b = ref_w.shape[0]
     pw, pl = logps[:b], logps[b:]
     loss, parts = dpo_loss(loss_name, pw, pl, ref_w, ref_l, counts[:b], counts[b:], beta, eps)
-    return loss * weight, pw, pl, parts["losses"], parts["rewards_chosen"], parts["rewards_rejected"]
+    return (loss * weight, pw, pl, parts["losses"], parts["rewards_chosen"],
+            parts["rewards_rejected"], logit_sums, counts)
 
 
 def sft_forward(model, tokens, mask, weight):
@@ -60,8 +61,14 @@ class DPOObjective:
         """Per-pair arrays of all micro-batches -> TRL's metrics for the step."""
         pw, pl, losses, rc, rr = (np.concatenate([np.array(o[i]) for o in outputs])
                                   for i in range(1, 6))
-        return pair_metrics({"losses": losses, "rewards_chosen": rc, "rewards_rejected": rr},
-                            pw, pl)
+        metrics = pair_metrics({"losses": losses, "rewards_chosen": rc, "rewards_rejected": rr},
+                               pw, pl)
+        halves = [(np.array(o[6]), np.array(o[7])) for o in outputs]  # rows: chosen, rejected
+        return {**metrics, **logit_metrics(
+            np.concatenate([s[: len(s) // 2] for s, _ in halves]),
+            np.concatenate([s[len(s) // 2:] for s, _ in halves]),
+            np.concatenate([n[: len(n) // 2] for _, n in halves]),
+            np.concatenate([n[len(n) // 2:] for _, n in halves]))}
 
 
 class SFTObjective:
@@ -88,25 +95,34 @@ class SFTObjective:
     def metrics(outputs: list, total: int) -> dict:
         """Mean cross-entropy per assistant token over the whole step."""
         nll = sum(float(o[1].item()) for o in outputs)
-        return {"loss": nll / max(total, 1), "num_tokens": total}
+        return {"loss": nll / max(total, 1)}
 
 
 def dpo_eval(model, examples, ref: np.ndarray, loss: str, beta: float, eps: float,
-             batch_size: int) -> dict:
+             batch_size: int, progress=None) -> dict:
     """DPO metrics of the policy on a preference set (per pair), plus the pair count."""
     model.eval()
     seqs = [e.chosen for e in examples] + [e.rejected for e in examples]
-    logps, counts = batched_logps(model, seqs, batch_size)
+    logps, counts, logit_sums = batched_logps(model, seqs, batch_size, with_logits=True,
+                                              progress=progress)
     n = len(examples)
     arr = [mx.array(a) for a in (logps[:n], logps[n:], ref[0], ref[1], counts[:n], counts[n:])]
     _, parts = dpo_loss(loss, *arr, beta, eps)
-    return {"pairs": n, **pair_metrics(parts, arr[0], arr[1])}
+    return {"pairs": n, **pair_metrics(parts, arr[0], arr[1]),
+            **logit_metrics(logit_sums[:n], logit_sums[n:], counts[:n], counts[n:])}
 
 
-def sft_eval(model, examples, batch_size: int) -> dict:
+def logit_metrics(sums_w, sums_l, n_w, n_l) -> dict:
+    """TRL's logits/chosen and logits/rejected: the policy's logits averaged over every
+    completion token (and the vocabulary) of the chosen, resp. rejected, replies."""
+    return {"logits/chosen": float(np.sum(sums_w) / max(float(np.sum(n_w)), 1.0)),
+            "logits/rejected": float(np.sum(sums_l) / max(float(np.sum(n_l)), 1.0))}
+
+
+def sft_eval(model, examples, batch_size: int, progress=None) -> dict:
     """Token-level cross-entropy and perplexity over assistant tokens."""
     model.eval()
-    logps, counts = batched_logps(model, examples, batch_size)
+    logps, counts = batched_logps(model, examples, batch_size, progress=progress)
     loss = float(-logps.sum() / max(counts.sum(), 1))
     return {"rows": len(examples), "tokens": int(counts.sum()), "loss": loss,
             "perplexity": math.exp(min(loss, 700))}

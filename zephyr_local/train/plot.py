@@ -21,12 +21,12 @@ def plot_metrics(records: list[dict], path: Path) -> None:
 
     train = [r for r in records if "loss" in r]
     keys = DPO_KEYS if any("rewards/margins" in r for r in train) else SFT_KEYS
-    keys = [k for k in keys if any(k in r or f"eval/{k}" in r for r in records)]
+    keys = [k for k in keys if any(k in r or f"eval_{k}" in r for r in records)]
     cols = 2
     rows = max(1, math.ceil(len(keys) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 2.6 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        for name, color, label in ((key, "tab:blue", "train"), (f"eval/{key}", "tab:red", "eval")):
+        for name, color, label in ((key, "tab:blue", "train"), (f"eval_{key}", "tab:red", "eval")):
             rs = [r for r in records if name in r]
             if rs:
                 ax.plot([r["step"] for r in rs], [float(r[name]) for r in rs], color=color,

@@ -60,7 +60,7 @@ def cache_key(model_fp: str, seqs) -> str:
 
 
 def reference_logps(model, seqs, model_fp: str, cache_dir: Path, batch_size: int,
-                    base_only: bool) -> tuple[np.ndarray, bool, Path]:
+                    base_only: bool, progress=None) -> tuple[np.ndarray, bool, Path]:
     """Summed completion log-probs of `seqs` under the reference.
 
     Args:
@@ -70,6 +70,7 @@ def reference_logps(model, seqs, model_fp: str, cache_dir: Path, batch_size: int
         cache_dir: where cached arrays live.
         batch_size: rows per forward pass.
         base_only: switch the adapters off (a fresh run); False keeps a starting adapter.
+        progress: called as `progress(done, total)` after each batch that is computed.
 
     Returns:
         (logps [len(seqs)] float32, whether it came from the cache, the cache file).
@@ -87,9 +88,9 @@ def reference_logps(model, seqs, model_fp: str, cache_dir: Path, batch_size: int
     model.eval()  # no dropout in the reference
     if base_only:
         with adapters_off(model):
-            logps, _ = batched_logps(model, seqs, batch_size)
+            logps, _ = batched_logps(model, seqs, batch_size, progress=progress)
     else:
-        logps, _ = batched_logps(model, seqs, batch_size)
+        logps, _ = batched_logps(model, seqs, batch_size, progress=progress)
     logps = logps.astype(np.float32)
     atomic_write_bytes(path, lambda p: _save_npy(p, logps))
     return logps, False, path

@@ -65,10 +65,17 @@ class _Run:
         self.loaded = loading.load(self.model_path)
         self.model = self.loaded.model
         tok, dc = self.loaded.tokenizer, cfg.data_config
-        self.train = load_dataset(cfg.data, cfg.kind, tok, dc, "train")
+        self.train = load_dataset(cfg.data, cfg.kind, tok, dc, "train",
+                                  progress=self.work("tokenizing train data"))
         src = _eval_source(cfg)
-        self.valid = load_dataset(src, cfg.kind, tok, dc, "valid") if src else None
+        self.valid = load_dataset(src, cfg.kind, tok, dc, "valid",
+                                  progress=self.work("tokenizing eval data")) if src else None
         self.emit("data", {"train": self.train, "eval": self.valid})
+
+    def work(self, what: str):
+        """A (done, total) callback that reports a long step before training starts."""
+        return lambda done, total: self.emit("work", {"what": what, "done": done,
+                                                      "total": total})
 
     def attach_lora(self) -> None:
         mx.random.seed(self.cfg.seed)  # LoRA A init
@@ -91,7 +98,8 @@ class _Run:
         start = Path(self.cfg.resume_adapter) if self.cfg.resume_adapter else None
         fp = model_fingerprint(self.model_path, start)
         ref, hit, path = reference_logps(self.model, seqs, fp, self.cache_dir,
-                                         self.cfg.batch_size * 2, base_only=start is None)
+                                         self.cfg.batch_size * 2, base_only=start is None,
+                                         progress=self.work(f"reference log-probs ({tag})"))
         self.emit("reference", {"data": tag, "cached": hit, "path": str(path), "rows": len(seqs)})
         ref = ref.reshape(2, len(ds.examples))
         c = self.cfg
@@ -137,8 +145,14 @@ class _Recorder:
     def __init__(self, r: _Run, optimizer, plan, log: MetricsLog, result: RunResult, eval_obj):
         self.r, self.optimizer, self.plan, self.log = r, optimizer, plan, log
         self.result, self.eval_obj = result, eval_obj
+        # TRL's num_tokens: input tokens seen since the run began (a resumed run goes on
+        # from its log, which holds exactly the steps up to the checkpoint).
+        self.num_tokens = next((r["num_tokens"] for r in reversed(log.read())
+                                if "num_tokens" in r), 0)
 
     def step(self, record: dict) -> None:
+        self.num_tokens += record.get("num_tokens", 0)
+        record["num_tokens"] = self.num_tokens
         self.log.append(record)
         self.result.last = record
         self.r.emit("step", record)
@@ -147,7 +161,8 @@ class _Recorder:
         if self.eval_obj is None:
             return
         metrics = self.r.evaluate(self.eval_obj)
-        record = {"step": step, **{f"eval/{k}": v for k, v in metrics.items()}}
+        # Named as TRL's Trainer names evaluation metrics: eval_loss, eval_rewards/accuracies.
+        record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
         self.log.append(record)
         self.result.eval = record
         self.r.emit("eval", record)

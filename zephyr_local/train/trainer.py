@@ -118,6 +118,7 @@ def train_step(model, objective, optimizer, plan: Plan, step: int, cfg: TrainCon
     record = {"step": step + 1, "epoch": round(plan.epoch_of(step + 1), 4),
               **objective.metrics(outputs, total), "grad_norm": grad_norm,
               "learning_rate": float(optimizer.learning_rate.item()),
+              "num_tokens": tokens,  # this step's; the recorder makes it cumulative
               "tokens_per_second": tokens / max(dt, 1e-9),
               "peak_memory_gb": mx.get_peak_memory() / 1e9}
     return record

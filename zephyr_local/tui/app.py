@@ -2,7 +2,8 @@
 
 The model loads on a worker thread while the app is already usable; each reply is
 consumed on one thread worker that hands the UI batched text (generation.py).
-Conversation bookkeeping (history, export) lives in the HistoryMixin.
+Conversation bookkeeping (history, export) lives in the HistoryMixin, attached
+documents in the DocumentsMixin, versions of messages in the BranchesMixin.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from textual.widgets import Footer, Markdown, Static
 from zephyr_local.errors import ZephyrError
 from zephyr_local.history import StoredMessage
 from zephyr_local.sampling import SamplingOptions
+from zephyr_local.tui.branches_mixin import BranchesMixin
 from zephyr_local.tui.commands import COMMANDS, parse_slash
+from zephyr_local.tui.documents_mixin import DocumentsMixin
 from zephyr_local.tui.generation import DisplayFilter, UIPacer, stream_batched
 from zephyr_local.tui.help_screen import HelpScreen
 from zephyr_local.tui.history_mixin import HistoryMixin
 from zephyr_local.tui.missing_screen import ModelMissingScreen
 from zephyr_local.tui.sampling_screen import SamplingScreen
 from zephyr_local.tui.text_screen import TextEditScreen
+from zephyr_local.tui.widgets.chips import DocumentChips
 from zephyr_local.tui.widgets.message import MessageView
 from zephyr_local.tui.widgets.prompt import PromptInput
 from zephyr_local.tui.widgets.sidebar import HistorySidebar
@@ -50,7 +54,10 @@ class ChatConfig:
                                             metadata={"help": "None = <home>/history.sqlite"})
 
 
-class ChatApp(HistoryMixin, App):
+DISCLAIMER = "Replies may be inaccurate. The model runs offline, on this machine."
+
+
+class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
     """Chat with Zephyr. Pass `engine` to reuse a loaded Engine (tests, benchmarks)."""
 
     CSS_PATH = "chat.tcss"
@@ -60,6 +67,7 @@ class ChatApp(HistoryMixin, App):
         Binding("ctrl+n", "new_chat", "New chat"),
         Binding("ctrl+r", "regenerate", "Regenerate"),
         Binding("ctrl+b", "toggle_sidebar", "History"),
+        Binding("ctrl+o", "attach", "Attach"),
         Binding("f2", "system_prompt", "System prompt", show=False),
         Binding("f3", "sampling", "Sampling", show=False),
         Binding("f1", "help", "Help"),
@@ -74,6 +82,7 @@ class ChatApp(HistoryMixin, App):
         self.generating = False
         self.last_final = None  # the final Response record of the last reply
         self._init_history()
+        self._init_documents()
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
@@ -81,7 +90,9 @@ class ChatApp(HistoryMixin, App):
             with Vertical(id="conversation"):
                 with VerticalScroll(id="chat"):
                     yield Static("", id="system-note", classes="hidden")
+                yield DocumentChips(id="chips", classes="hidden")
                 yield PromptInput(id="prompt")
+                yield Static(DISCLAIMER, id="disclaimer")
                 yield StatusBar(id="status")
         yield Footer()
 
@@ -158,6 +169,7 @@ class ChatApp(HistoryMixin, App):
 
         messages = self.chat_messages()
         used = len(encode(self.engine.tokenizer, messages)) if len(messages) > 0 else 0
+        used += self.documents_tokens()
         self.query_one(StatusBar).set_context(used, self.session.context_budget)
 
     # -- sending and streaming -------------------------------------------------
@@ -204,6 +216,7 @@ class ChatApp(HistoryMixin, App):
             return False
         self.save_message(StoredMessage("user", text))
         await self.query_one("#chat").mount(MessageView("user", text))
+        self.sync_versions()
         await self._start_reply()
         return True
 
@@ -226,6 +239,7 @@ class ChatApp(HistoryMixin, App):
         chat.anchor()
         self.generating = True
         stream = Markdown.get_stream(view.markdown)
+        self.refresh_documents()
         self._generate(messages, self.options, view, stream)
 
     @work(thread=True, group="reply", exit_on_error=False)
@@ -239,7 +253,7 @@ class ChatApp(HistoryMixin, App):
             pacer.update()
 
         try:
-            text, final = stream_batched(self.session.reply(messages, options), show, pacer)
+            text, final = stream_batched(self.reply_records(messages, options), show, pacer)
             self.call_from_thread(stream.write, screen_text.flush())
         except Exception as exc:  # shown as a notice; the conversation stays as it was
             self.call_from_thread(self._reply_failed, view, stream, exc)
@@ -252,9 +266,14 @@ class ChatApp(HistoryMixin, App):
         view.remove_class("streaming")
         view.finish(text, reason)
         stats = final.stats if final else None
+        sources = [asdict(u) for u in self.last_plan.used] if self.last_plan else []
+        view.set_sources(sources)
         self.save_message(StoredMessage("assistant", text, reason,
-                                        asdict(stats) if stats else None))
+                                        asdict(stats) if stats else None, sources or None))
+        self.sync_versions()
         self.generating, self.last_final = False, final
+        if self.attached and self.last_plan:
+            await self.show_documents(self.last_plan.mode)
         if stats is not None:
             status = self.query_one(StatusBar)
             status.set_stats(stats)
@@ -265,15 +284,17 @@ class ChatApp(HistoryMixin, App):
     async def _reply_failed(self, view: MessageView, stream, exc: Exception) -> None:
         await stream.stop()
         await view.remove()
-        self.generating = False
         views = self.views()
-        if views and views[-1].role == "user":  # give the message back to edit and resend
+        if await self.restore_after_failure():  # a failed regenerate: the earlier reply is back
+            pass
+        elif views and views[-1].role == "user":  # give the message back to edit and resend
             last = views[-1]
             self.truncate_messages(len(views) - 1)
             await last.remove()
             prompt = self.query_one(PromptInput)
             prompt.text = last.content
             prompt.move_cursor(prompt.document.end)
+        self.generating = False  # only now: the conversation on screen is settled
         self.notify(f"Generation failed: {exc}", severity="error", timeout=10)
 
     def _mark_dropped(self, dropped_turns: int) -> None:
@@ -300,7 +321,8 @@ class ChatApp(HistoryMixin, App):
             return
         views = self.views()
         if views and views[-1].role == "assistant":
-            self.truncate_messages(len(views) - 1)
+            if not self.branch_at(views[-1]):  # else the new reply is another version
+                self.truncate_messages(len(views) - 1)
             await views[-1].remove()
             views.pop()
         if not views:
@@ -319,12 +341,15 @@ class ChatApp(HistoryMixin, App):
                 return
             views = self.views()
             index = views.index(view)
-            self.truncate_messages(index)
+            if not self.branch_at(view):  # else a new version; the old branch stays
+                self.truncate_messages(index)
             await self.query_one("#chat").remove_children(views[index:])
             await self.send(text)
 
-        self.push_screen(TextEditScreen("Edit message and resend (later turns are dropped)",
-                                        view.content), resend)
+        note = ("the current version stays: [ / ] switch back" if self.branching
+                else "later turns are dropped")
+        self.push_screen(TextEditScreen(f"Edit message and resend ({note})", view.content),
+                         resend)
 
     def action_system_prompt(self, text: str | None = None) -> None:
         if text:

@@ -25,7 +25,13 @@ COMMANDS = (
     Command("sampling", "sampling", "Sampling settings",
             "Temperature, top-p, top-k, ... for this conversation"),
     Command("export", "export", "Export conversation",
-            "/export [FILE.md|FILE.json]; no file writes both to <home>/exports", takes_text=True),
+            "/export [FILE.md|FILE.json] [--all-branches]; no file writes both to "
+            "<home>/exports; asks before overwriting", takes_text=True),
+    Command("attach", "attach", "Attach a document",
+            "/attach PATH adds a text, Markdown, source, CSV or JSON file (Ctrl+O: a dialog "
+            "with path completion)", takes_text=True),
+    Command("detach", "detach", "Detach a document",
+            "/detach NAME (or its number, or all) removes an attached document", takes_text=True),
     Command("copy", "copy_reply", "Copy last reply", "Copy the last reply to the clipboard"),
     Command("code", "copy_code", "Copy last code block",
             "Copy the last code block of the last reply"),
@@ -42,6 +48,8 @@ KEYS = (
     ("Up / Down", "recall earlier inputs (on the first / last line)"),
     ("Esc", "stop the reply; the partial reply stays"),
     ("Tab", "move to a message: c copies it, b copies its code, e edits yours"),
+    ("[ / ] or Ctrl+Left / Ctrl+Right", "on a message: its previous / next version"),
+    ("Ctrl+O", "attach a document; Tab completes the path (also after /attach here)"),
     ("Ctrl+B", "history sidebar: Enter resumes, r renames, d deletes"),
     ("Ctrl+N / Ctrl+R", "new chat / regenerate"),
     ("Ctrl+P", "command palette"),

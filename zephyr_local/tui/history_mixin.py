@@ -17,6 +17,7 @@ from zephyr_local import store
 from zephyr_local.atomic import write_text
 from zephyr_local.history import History, HistoryError, StoredMessage
 from zephyr_local.sampling import SamplingOptions
+from zephyr_local.tui.confirm_screen import ConfirmScreen
 from zephyr_local.tui.generation import clean_for_display
 from zephyr_local.tui.text_screen import TextEditScreen
 from zephyr_local.tui.widgets.message import MessageView
@@ -56,14 +57,21 @@ class HistoryMixin:
 
     # -- writes ----------------------------------------------------------------
 
-    def save_message(self, message: StoredMessage) -> None:
-        """Commit one complete message (creating the conversation on its first)."""
+    def ensure_conversation(self) -> int | None:
+        """The current conversation's id, creating it in the database if needed."""
         if self.history is None:
-            return
+            return None
         if self.conversation_id is None:
             model = self.engine.loaded.path.name if self.engine else self.config.model
             self.conversation_id = self.history.create(
                 system_prompt=self.system_prompt, sampling=asdict(self.options), model=model)
+        return self.conversation_id
+
+    def save_message(self, message: StoredMessage) -> None:
+        """Commit one complete message (creating the conversation on its first), after
+        the current branch's last message."""
+        if self.ensure_conversation() is None:
+            return
         self.history.append(self.conversation_id, message)
         self.call_later(self.refresh_sidebar)
 
@@ -88,7 +96,7 @@ class HistoryMixin:
         await self.query_one("#chat").remove_children(MessageView)
         self._reset_conversation_state()
         self.query_one("#status").set_stats(None)
-        self._show_context_estimate()
+        await self.load_documents(None)
         self.query_one("#prompt").focus()
 
     async def open_conversation(self, conversation_id: int) -> None:
@@ -102,8 +110,7 @@ class HistoryMixin:
             return
         chat = self.query_one("#chat")
         await chat.remove_children(MessageView)
-        views = [MessageView(m.role, m.content, m.finish_reason)
-                 for m in self.history.messages(conversation_id)]
+        views = [MessageView.from_stored(m) for m in self.history.messages(conversation_id)]
         await chat.mount_all(views)
         self.conversation_id = conversation_id
         self.set_system_prompt_quietly(conv.system_prompt)
@@ -111,7 +118,7 @@ class HistoryMixin:
         saved = {k: v for k, v in (conv.sampling or {}).items() if k in fields}
         self.options = replace(self.config.options, **saved)
         self.query_one("#status").set_stats(None)
-        self._show_context_estimate()
+        await self.load_documents(conversation_id)
         chat.scroll_end(animate=False)
         chat.anchor()
 
@@ -169,20 +176,38 @@ class HistoryMixin:
     # -- export ------------------------------------------------------------------
 
     def action_export(self, target: str | None = None) -> None:
-        """Write the conversation as Markdown and/or JSON (`{"messages": [...]}`)."""
+        """Write the current branch as Markdown and/or JSON (`{"messages": [...]}`);
+        `--all-branches` adds every version to the JSON. Asks before overwriting."""
         if self.history is None or self.conversation_id is None:
             self.notify("Nothing to export yet.", severity="warning")
             return
+        words = (target or "").split()
+        all_branches = "--all-branches" in words
+        target = " ".join(w for w in words if w != "--all-branches")
         if target:
-            path = Path(target).expanduser()
-            paths = [path]
+            paths = [Path(target).expanduser()]
         else:
             base = store.home_dir() / "exports" / f"chat-{self.conversation_id}"
             paths = [base.with_suffix(".md"), base.with_suffix(".json")]
+        existing = [p for p in paths if p.exists()]
+        if not existing:
+            self._write_export(paths, all_branches)
+            return
+
+        def answered(overwrite: bool | None) -> None:
+            if overwrite:
+                self._write_export(paths, all_branches)
+            else:
+                self.notify("Not exported: the existing file is unchanged.")
+
+        names = ", ".join(str(p) for p in existing)
+        self.push_screen(ConfirmScreen(f"{names} exists. Overwrite it?", "Overwrite"), answered)
+
+    def _write_export(self, paths: list[Path], all_branches: bool) -> None:
         try:
             for path in paths:
                 if path.suffix.lower() == ".json":
-                    data = self.history.export_json(self.conversation_id)
+                    data = self.history.export_json(self.conversation_id, all_branches)
                     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
                 else:
                     write_text(path, self.history.export_markdown(self.conversation_id))

@@ -7,6 +7,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
 
+from zephyr_local.tui.attach_screen import complete_path
+
 # Terminals disagree on what they send for modified Enter: Ctrl+J is a plain LF
 # everywhere; Alt/Option+Enter works in iTerm2, macOS Terminal (Option as Meta)
 # and Linux terminals; Shift+Enter only where the terminal reports it (kitty protocol).
@@ -56,6 +58,8 @@ class PromptInput(TextArea):
             self.action_submit()
         elif event.key in NEWLINE_KEYS:
             self.action_newline()
+        elif event.key == "tab" and self._complete_attach():
+            pass
         elif event.key == "up" and row == 0 and self.sent_history and self._recall > 0:
             self._show_recalled(self._recall - 1)
         elif event.key == "down" and row == self.document.line_count - 1 and (
@@ -67,6 +71,18 @@ class PromptInput(TextArea):
             return
         event.stop()
         event.prevent_default()
+
+    def _complete_attach(self) -> bool:
+        """Tab after `/attach ` completes the path (True if it did)."""
+        head, _, path = self.text.partition(" ")
+        if head != "/attach" or "\n" in path:
+            return False
+        completed = complete_path(path)
+        if completed is None:
+            return False
+        self.text = f"{head} {completed}"
+        self.move_cursor(self.document.end)
+        return True
 
     def _show_recalled(self, index: int) -> None:
         self._recall = index
