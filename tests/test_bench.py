@@ -12,7 +12,8 @@ def test_harness_writes_results(test_model, tmp_path, monkeypatch):
             "user_tokens": 8, "reply_tokens": 4, "bandwidth_mb": 8, "blas_repeats": 1,
             "dpo_dims": {}, "dpo_steps": 1, "dpo_max_length": 64, "dpo_batch_pairs": 1,
             "chat_tokens": 4, "quantize_7b": False,
-            "multiturn_dims": {"num_hidden_layers": 2}, "docs_bytes": 1 << 16}
+            "multiturn_dims": {"num_hidden_layers": 2}, "docs_bytes": 1 << 16,
+            "distributed": None}
     monkeypatch.setitem(harness.MODES, "quick", tiny)
     run = harness.run("quick", str(test_model))
     paths = harness.write(run, tmp_path)
@@ -20,7 +21,7 @@ def test_harness_writes_results(test_model, tmp_path, monkeypatch):
     assert record["machine"]["backend"] == "cpu" and record["machine"]["mlx_version"]
     cases = {c["name"]: c for c in record["cases"]}
     assert set(cases) == {"generation", "multi-turn", "hardware limit", "linux-cpu-blas", "dpo",
-                          "chat UI", "quantize 7B", "retrieval"}
+                          "chat UI", "quantize 7B", "retrieval", "distributed"}
     docs = cases["retrieval"]["details"]
     assert docs["bytes"] == 1 << 16 and docs["passages"] > 10 and docs["passages_used"] > 0
     gen = cases["generation"]
