@@ -18,7 +18,8 @@ TINY = {"prompt_lengths": (16, 64), "max_tokens": 4, "repeats": 1, "turns": 3,
         "dpo_dims": {"num_hidden_layers": 2}, "dpo_steps": 1, "dpo_max_length": 64,
         "dpo_batch_pairs": 1, "chat_tokens": 4, "quantize_7b": False,
         "multiturn_dims": {"num_hidden_layers": 2}, "dtype_tokens": 4, "dtype_budget_s": 0.2,
-        "dtype_probe_s": 0, "docs_bytes": 1 << 16}
+        "dtype_probe_s": 0, "docs_bytes": 1 << 16,
+        "distributed": None}
 
 
 @pytest.fixture
@@ -34,8 +35,7 @@ def test_harness_writes_results(test_model, tmp_path, tiny_mode):
     assert record["machine"]["backend"] == "cpu" and record["machine"]["mlx_version"]
     cases = {c["name"]: c for c in record["cases"]}
     assert set(cases) == {"generation", "multi-turn", "hardware limit", "linux-cpu-blas", "dpo",
-                          "chat UI", "quantize 7B", "dtype",
-                          "retrieval"}
+                          "chat UI", "quantize 7B", "dtype", "retrieval", "distributed"}
     docs = cases["retrieval"]["details"]
     assert docs["bytes"] == 1 << 16 and docs["passages"] > 10 and docs["passages_used"] > 0
     gen = cases["generation"]

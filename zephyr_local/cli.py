@@ -124,9 +124,10 @@ def info(ctx: click.Context, as_json: bool) -> None:
 
     Example: zephyr-local info
     """
-    from zephyr_local import report
+    from zephyr_local import backend, report
 
     data = report.gather(_store(ctx))
+    data["distributed"] = backend.distributed_info()
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

@@ -24,13 +24,15 @@ MODES = {
               "dpo_dims": LARGE_DIMS, "dpo_steps": 2, "dpo_max_length": 128,
               "dpo_batch_pairs": 1, "chat_tokens": 256,
               "quantize_7b": False, "multiturn_dims": None, "dtype_tokens": 256,
-              "dtype_budget_s": 2.0, "dtype_probe_s": 1.0, "docs_bytes": 1 << 20},
+              "dtype_budget_s": 2.0, "dtype_probe_s": 1.0, "docs_bytes": 1 << 20,
+              "distributed": None},
     "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
              "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3,
              "dpo_dims": LARGE_DIMS, "dpo_steps": 3, "dpo_max_length": 256,
              "dpo_batch_pairs": 2, "chat_tokens": 512,
              "quantize_7b": True, "multiturn_dims": LARGE_DIMS, "dtype_tokens": 512,
-             "dtype_budget_s": 5.0, "dtype_probe_s": 2.0, "docs_bytes": 1 << 20},
+             "dtype_budget_s": 5.0, "dtype_probe_s": 2.0, "docs_bytes": 1 << 20,
+             "distributed": {"steps": 2, "batch": 2, "max_length": 128, "repeats": 3}},
 }
 
 
@@ -134,8 +136,16 @@ def _case_fns() -> dict[str, Callable]:
 
         return retrieval_case(engine, repeats=s["repeats"], total_bytes=s["docs_bytes"])
 
+    def dist(engine, model, s, run):
+        from zephyr_local.bench.distributed import distributed_case
+
+        if not s.get("distributed"):
+            return CaseResult("distributed", skipped="full mode only (three mlx.launch jobs)")
+        return distributed_case(s["dpo_dims"], **s["distributed"])
+
     return {"generation": gen, "multiturn": multi, "chat-ui": chat, "quantize": quant,
-            "hardware": hw, "blas": cpu_blas, "dpo": dpo, "dtype": dtype, "retrieval": docs}
+            "hardware": hw, "blas": cpu_blas, "dpo": dpo, "dtype": dtype, "retrieval": docs,
+            "distributed": dist}
 
 
 def cache_dir() -> Path:
