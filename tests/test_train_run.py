@@ -129,10 +129,10 @@ def test_resume_after_ctrl_c_equals_uninterrupted_run(run_cli, data, tmp_path, m
 
     real = trainer.train_step
 
-    def ctrl_c_at_step_4(model, objective, optimizer, plan, step, cfg):
+    def ctrl_c_at_step_4(model, objective, optimizer, plan, step, cfg, **kw):
         if step == 3:
             raise KeyboardInterrupt
-        return real(model, objective, optimizer, plan, step, cfg)
+        return real(model, objective, optimizer, plan, step, cfg, **kw)
 
     monkeypatch.setattr(trainer, "train_step", ctrl_c_at_step_4)
     cut = dpo(run_cli, data["train"], tmp_path / "cut", *args)

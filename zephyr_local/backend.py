@@ -1,8 +1,8 @@
 """The one seam between zephyr-local and the compute backend (Metal, CUDA or CPU).
 
 Everything that depends on which MLX backend runs lives here: the BLAS swap for
-Linux CPU wheels, the prompt-lookup proposal length, and the description of the
-device that `info` prints.
+Linux CPU wheels, the dtype models are made in, the prompt-lookup proposal length,
+and the description of the device that `info` prints.
 """
 
 from __future__ import annotations
@@ -93,14 +93,31 @@ def default_num_draft_tokens() -> int:
     return NUM_DRAFT_TOKENS[backend_name()]
 
 
-def default_dtype() -> str:
-    """The float type for scales, biases and float weights that computes fastest here.
+# The dtypes a model's float parameters (and a quantized model's scales and biases) can take.
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 
-    MLX's CPU kernels are fast only in float32 (BLAS, and quantized matmuls with
-    float32 scales); float16/bfloat16 run many times slower there. On Metal (and
-    CUDA) float16 halves the memory traffic and is the fast path.
-    """
-    return "float32" if backend_name() == "cpu" else "float16"
+# The fastest per backend (`zephyr-local bench --case dtype` measures it):
+# - cpu: float32. Only float32 matmuls reach BLAS, and MLX's CPU quantized matmul has a
+#   vectorised kernel only for float32; float16/bfloat16 take a scalar loop in the
+#   16-bit type: decode with float16 scales measured 10x to 100x+ slower.
+# - metal: float16, which every Apple GPU computes at full rate (M1/M2 lack fast bfloat16).
+# - cuda: float16 (not measured here). MLX's CUDA matmuls use tensor cores for float16 and
+#   bfloat16 but plain FMA for float32, float32 scales would double the scale bytes that
+#   memory-bound decode reads, and float16 keeps 3 more mantissa bits than bfloat16.
+DEFAULT_DTYPES = {"cpu": "float32", "metal": "float16", "cuda": "float16"}
+
+
+def default_dtype() -> str:
+    """The dtype that quantize, fuse and import write by default: the backend's fastest."""
+    return DEFAULT_DTYPES[backend_name()]
+
+
+def default_dtypes_text() -> str:
+    """`float32 on CPU; float16 on Metal and CUDA`: the table above, for help texts."""
+    by: dict[str, list[str]] = {}
+    for name, dtype in DEFAULT_DTYPES.items():
+        by.setdefault(dtype, []).append({"cpu": "CPU", "metal": "Metal", "cuda": "CUDA"}[name])
+    return "; ".join(f"{d} on {' and '.join(names)}" for d, names in by.items())
 
 
 def device_info() -> dict:
@@ -125,6 +142,14 @@ def device_info() -> dict:
     info["blas"] = name if info["backend"] == "cpu" or sys.platform == "darwin" else f"{name} (unused)"
     info["blas_detail"] = detail
     return info
+
+
+def distributed_info() -> dict:
+    """Whether this process is one rank of an active distributed group (mlx.launch or
+    mpirun), the group's size and this rank; joining the group has a deadline."""
+    from zephyr_local.train.distributed import describe as describe_group
+
+    return describe_group()
 
 
 def describe() -> dict:

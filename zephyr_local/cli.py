@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from zephyr_local import backend
 from zephyr_local.atomic import human_bytes
 from zephyr_local.errors import ZephyrError
 
@@ -142,9 +143,10 @@ def info(ctx: click.Context, as_json: bool) -> None:
 
     Example: zephyr-local info
     """
-    from zephyr_local import report
+    from zephyr_local import backend, report
 
     data = report.gather(_store(ctx))
+    data["distributed"] = backend.distributed_info()
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -314,7 +316,7 @@ def models(ctx, as_json: bool) -> None:
 @cli.command("create-test-model")
 @click.argument("out_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+@click.option("--dtype", type=click.Choice(backend.COMPUTE_DTYPES), default=None,
               help="float32 is fastest on CPUs (default; bfloat16 with --full-size).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--full-size", is_flag=True,
@@ -392,8 +394,9 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
 @click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4, 5, 6 or 8.")
 @click.option("--group-size", type=int, default=64, show_default=True,
               help="Weights per scale and bias: 32, 64 or 128.")
-@click.option("--dtype", default="float16", show_default=True,
-              help="float16 or bfloat16, for scales, biases and unquantized parameters.")
+@click.option("--dtype", default=None,
+              help=f"Scales, biases and unquantized parameters: {', '.join(backend.COMPUTE_DTYPES)} "
+                   f"(default: the backend's fastest, {backend.default_dtypes_text()}).")
 @click.option("--head-bits", type=int, default=None,
               help="Bits for the embedding and output head (default: --bits).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -457,9 +460,9 @@ def _quantize_source(arg: str, store_dir: Path) -> Path:
 @click.option("--name", default=None, help="Name in the model store (default: from SOURCE).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output directory instead of the store.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
-              help="Scales, biases and float weights (default: float32 on the CPU backend, "
-                   "float16 on Metal/CUDA).")
+@click.option("--dtype", type=click.Choice(backend.COMPUTE_DTYPES), default=None,
+              help="Scales, biases and float weights (default: the backend's fastest, "
+                   f"{backend.default_dtypes_text()}).")
 @click.option("--dequantize", is_flag=True,
               help="Write every tensor as float (a source for `quantize` at other bits).")
 @click.option("--force", is_flag=True, help="Replace the output if it exists.")
@@ -566,7 +569,7 @@ _register_training(cli)
 @model_option
 @click.option("--case", "cases", multiple=True,
               help="Run only this case (repeatable): generation, multiturn, chat-ui, hardware, "
-                   "blas, dpo, quantize, retrieval, lookup.")
+                   "blas, dpo, dtype, quantize, retrieval, lookup.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Results folder (default: benchmarks/results in the checkout).")
 def bench(mode, model, cases, out_dir) -> None:

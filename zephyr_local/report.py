@@ -46,6 +46,10 @@ def block(data: dict) -> str:
         ("HF cache", data.get("hf_cache")),
         ("offline", "yes (HF_HUB_OFFLINE=1)" if data.get("hf_offline") else "no"),
     ]
+    if "distributed" in data:
+        d = data["distributed"]
+        rows.append(("distributed", f"{d['size']} ranks, this is rank {d['rank']}" if d["active"]
+                     else "no group (single process; start several with mlx.launch)"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:>{width}}: {v}" for k, v in rows]
     return "\n".join(["```text", "zephyr-local info", *lines, "```"])

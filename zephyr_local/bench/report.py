@@ -51,7 +51,21 @@ def markdown(record: dict) -> str:
                              f"Zephyr-7B-shaped 4-bit: decode {z['decode_tok_s']:.1f} tok/s = "
                              f"{100 * z['fraction_of_ceiling']:.1f}% of its "
                              f"{z['ceiling_tok_s']:.1f} tok/s ceiling.")
+        if case["name"] == "distributed" and case["details"]:
+            lines += ["", _distributed_note(case["details"])]
     return "\n".join(lines) + "\n"
+
+
+def _distributed_note(d: dict) -> str:
+    probe = "; ".join(f"{p['bytes'] / 1e6:.1f} MB in {1e3 * p['seconds']:.1f} ms"
+                      for p in d["allreduce_2_local_ranks"])
+    model = "; ".join(f"{m['macs']} Macs on {m['link']}: step {m['step_s']:.1f} s, "
+                      f"communication {100 * m['communication_share']:.2f}%, "
+                      f"speed-up {m['speedup']:.2f}x" for m in d["modelled_7b"])
+    return (f"Distributed: LoRA gradient all-reduce on 2 local ranks: {probe}. Zephyr-7B, "
+            f"LoRA rank 16 on all 7 targets of 32 layers: "
+            f"{d['zephyr_7b_lora16_all_layers_gradient_bytes'] / 1e6:.1f} MB per step; modelled: "
+            f"{model}.")
 
 
 def chart(record: dict, path: Path) -> None:

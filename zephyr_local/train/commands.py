@@ -81,7 +81,7 @@ def train_options(kind: str):
             click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True),
             click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True),
             click.option("--max-grad-norm", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Clip gradients; 0 disables."),
-            click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True, help="Rows (pairs for DPO) per micro-batch."),
+            click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True, help="Rows (pairs for DPO) per micro-batch, of the whole job: mlx.launch ranks split it."),
             click.option("--grad-accumulation", type=click.IntRange(min=1), default=1, show_default=True),
             click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass (less memory)."),
             click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True),
@@ -105,8 +105,11 @@ def train_options(kind: str):
     return deco
 
 
-def build_config(ctx: click.Context, kind: str, kw: dict):
-    """A TrainConfig from the flags; with --resume, the saved one (changed flags refused)."""
+def build_config(ctx: click.Context, kind: str, kw: dict, dist=None):
+    """A TrainConfig from the flags; with --resume, the saved one (changed flags refused).
+
+    In a distributed run the saved config is rank 0's (its disk holds the run).
+    """
     from zephyr_local import store
     from zephyr_local.train.config import TrainConfig
     from zephyr_local.train.run import load_run_config
@@ -130,7 +133,12 @@ def build_config(ctx: click.Context, kind: str, kw: dict):
         if not cfg.data:
             raise click.UsageError("--data is required (unless --resume)")
         return cfg, False
-    saved = TrainConfig.from_dict(load_run_config(Path(cfg.out)))
+    if dist is not None and dist.size > 1:
+        saved = dist.broadcast_json(load_run_config(Path(cfg.out)) if dist.is_main else None,
+                                    "the run config broadcast")
+    else:
+        saved = load_run_config(Path(cfg.out))
+    saved = TrainConfig.from_dict(saved)
     for name, dotted in FIELDS.items():
         given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
         if name in kw and given and name != "out" and _get(saved, dotted) != _get(cfg, dotted):
@@ -203,20 +211,44 @@ def _console():
 
 
 def run_training(ctx: click.Context, kind: str, kw: dict) -> None:
+    from zephyr_local.train import distributed
+
+    dist = distributed.init()
+    try:
+        _train(ctx, kind, kw, dist)
+    except ZephyrError as exc:
+        if dist.size > 1:
+            if getattr(exc, "collective", False) and not dist.is_main:
+                ctx.exit(exc.exit_code)  # every rank hit it; rank 0 says so
+            if not getattr(exc, "collective", False):
+                exc.args = (f"{distributed.rank_name(dist.rank)}: {exc}",)
+        raise
+    finally:
+        dist.close()
+
+
+def _train(ctx: click.Context, kind: str, kw: dict, dist) -> None:
     from zephyr_local.train.run import run
 
     as_json = kw.pop("as_json", False)
-    cfg, resume = build_config(ctx, kind, kw)
+    cfg, resume = build_config(ctx, kind, kw, dist)
+    if dist.is_main and dist.size > cfg.batch_size:
+        click.echo(f"Warning: each micro-batch of {cfg.batch_size} row(s) is split across "
+                   f"{dist.size} ranks, so some ranks idle: raise --batch-size and lower "
+                   "--grad-accumulation by the same factor (the same global batch).", err=True)
     on_event, progress = _progress(kind)
     try:
-        result = run(cfg, resume=resume, on_event=on_event)
+        result = run(cfg, resume=resume, on_event=on_event if dist.is_main else None, dist=dist)
     except KeyboardInterrupt:
         progress.stop()
-        click.echo(f"Interrupted: the last checkpoint is in {cfg.out}/checkpoints; continue "
-                   f"with `zephyr-local {kind} --out {cfg.out} --resume`.", err=True)
+        if dist.is_main:
+            click.echo(f"Interrupted: the last checkpoint is in {cfg.out}/checkpoints; continue "
+                       f"with `zephyr-local {kind} --out {cfg.out} --resume`.", err=True)
         ctx.exit(130)
     finally:
         progress.stop()
+    if not dist.is_main:
+        return
     if as_json:
         click.echo(json.dumps(summary(kind, result)))
         return

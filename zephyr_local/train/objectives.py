@@ -29,9 +29,11 @@ def dpo_forward(model, tokens, mask, ref_w, ref_l, weight, loss_name, beta, eps)
 
 
 def sft_forward(model, tokens, mask, weight):
-    """Cross-entropy summed over assistant tokens, times weight (1 / tokens in the step)."""
-    nll = -sequence_logps(model, tokens, mask)[0].sum()
-    return nll * weight, nll
+    """Mean cross-entropy per assistant token, times weight (the rows' share of the step's
+    tokens), so the step's loss is the mean over all its tokens; also the per-row sums."""
+    logps, counts = sequence_logps(model, tokens, mask)
+    nll = -logps
+    return nll.sum() / mx.maximum(counts.sum(), 1) * weight, nll
 
 
 class DPOObjective:
@@ -57,18 +59,25 @@ class DPOObjective:
                 mx.array(self.ref[1, idx]), mx.array(weight, mx.float32))
 
     @staticmethod
-    def metrics(outputs: list, total: int) -> dict:
-        """Per-pair arrays of all micro-batches -> TRL's metrics for the step."""
-        pw, pl, losses, rc, rr = (np.concatenate([np.array(o[i]) for o in outputs])
-                                  for i in range(1, 6))
+    def rows(outputs: list) -> np.ndarray:
+        """[pairs, 9] of this process's micro-batches: logp w, l, loss, rewards w, l, and the
+        summed logits and token counts of chosen, then rejected."""
+        if not outputs:
+            return np.zeros((0, 9), np.float32)
+        cols = [np.concatenate([np.array(o[i]) for o in outputs]) for i in range(1, 6)]
+        for i in (6, 7):  # [2b] rows per micro-batch: chosen, then rejected
+            halves = [np.array(o[i]) for o in outputs]
+            cols += [np.concatenate([h[: len(h) // 2] for h in halves]),
+                     np.concatenate([h[len(h) // 2:] for h in halves])]
+        return np.stack([c.astype(np.float32) for c in cols], axis=1)
+
+    @staticmethod
+    def metrics(rows: np.ndarray, total: int) -> dict:
+        """Per-pair rows of the whole step (every rank's) -> TRL's metrics for the step."""
+        pw, pl, losses, rc, rr, sw, sl, nw, nl = rows.T
         metrics = pair_metrics({"losses": losses, "rewards_chosen": rc, "rewards_rejected": rr},
                                pw, pl)
-        halves = [(np.array(o[6]), np.array(o[7])) for o in outputs]  # rows: chosen, rejected
-        return {**metrics, **logit_metrics(
-            np.concatenate([s[: len(s) // 2] for s, _ in halves]),
-            np.concatenate([s[len(s) // 2:] for s, _ in halves]),
-            np.concatenate([n[: len(n) // 2] for _, n in halves]),
-            np.concatenate([n[len(n) // 2:] for _, n in halves]))}
+        return {**metrics, **logit_metrics(sw, sl, nw, nl)}
 
 
 class SFTObjective:
@@ -92,19 +101,27 @@ class SFTObjective:
     forward = staticmethod(sft_forward)
 
     @staticmethod
-    def metrics(outputs: list, total: int) -> dict:
-        """Mean cross-entropy per assistant token over the whole step."""
-        nll = sum(float(o[1].item()) for o in outputs)
-        return {"loss": nll / max(total, 1)}
+    def rows(outputs: list) -> np.ndarray:
+        """[rows, 1]: summed cross-entropy of each of this process's rows."""
+        nll = [np.array(o[1]) for o in outputs] or [np.zeros(0, np.float32)]
+        return np.concatenate(nll)[:, None]
+
+    @staticmethod
+    def metrics(rows: np.ndarray, total: int) -> dict:
+        """Mean cross-entropy per assistant token over the whole step (every rank's rows)."""
+        return {"loss": float(rows.astype(np.float64).sum()) / max(total, 1)}
 
 
 def dpo_eval(model, examples, ref: np.ndarray, loss: str, beta: float, eps: float,
-             batch_size: int, progress=None) -> dict:
-    """DPO metrics of the policy on a preference set (per pair), plus the pair count."""
+             batch_size: int, progress=None, score=batched_logps) -> dict:
+    """DPO metrics of the policy on a preference set (per pair), plus the pair count.
+
+    `score` is batched_logps, or its distributed form that splits the rows across ranks.
+    """
     model.eval()
     seqs = [e.chosen for e in examples] + [e.rejected for e in examples]
-    logps, counts, logit_sums = batched_logps(model, seqs, batch_size, with_logits=True,
-                                              progress=progress)
+    logps, counts, logit_sums = score(model, seqs, batch_size, with_logits=True,
+                                      progress=progress)
     n = len(examples)
     arr = [mx.array(a) for a in (logps[:n], logps[n:], ref[0], ref[1], counts[:n], counts[n:])]
     _, parts = dpo_loss(loss, *arr, beta, eps)
@@ -119,10 +136,10 @@ def logit_metrics(sums_w, sums_l, n_w, n_l) -> dict:
             "logits/rejected": float(np.sum(sums_l) / max(float(np.sum(n_l)), 1.0))}
 
 
-def sft_eval(model, examples, batch_size: int, progress=None) -> dict:
-    """Token-level cross-entropy and perplexity over assistant tokens."""
+def sft_eval(model, examples, batch_size: int, progress=None, score=batched_logps) -> dict:
+    """Token-level cross-entropy and perplexity over assistant tokens (`score`: see dpo_eval)."""
     model.eval()
-    logps, counts = batched_logps(model, examples, batch_size, progress=progress)
+    logps, counts = score(model, examples, batch_size, progress=progress)
     loss = float(-logps.sum() / max(counts.sum(), 1))
     return {"rows": len(examples), "tokens": int(counts.sum()), "loss": loss,
             "perplexity": math.exp(min(loss, 700))}

@@ -14,6 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 
 from zephyr_local.atomic import write_via as atomic_write_bytes
@@ -60,7 +61,7 @@ def cache_key(model_fp: str, seqs) -> str:
 
 
 def reference_logps(model, seqs, model_fp: str, cache_dir: Path, batch_size: int,
-                    base_only: bool, progress=None) -> tuple[np.ndarray, bool, Path]:
+                    base_only: bool, progress=None, dist=None) -> tuple[np.ndarray, bool, Path]:
     """Summed completion log-probs of `seqs` under the reference.
 
     Args:
@@ -71,29 +72,46 @@ def reference_logps(model, seqs, model_fp: str, cache_dir: Path, batch_size: int
         batch_size: rows per forward pass.
         base_only: switch the adapters off (a fresh run); False keeps a starting adapter.
         progress: called as `progress(done, total)` after each batch that is computed.
+        dist: a distributed.Dist: the ranks split the rows, every rank gets all of
+            them, and rank 0 alone reads and writes the cache (its disk holds the run).
 
     Returns:
         (logps [len(seqs)] float32, whether it came from the cache, the cache file).
     """
-    from zephyr_local.train.logprobs import adapters_off, batched_logps
+    from zephyr_local.train.distributed import Dist, scorer
+    from zephyr_local.train.logprobs import adapters_off
 
+    dist = dist or Dist()
     path = Path(cache_dir) / f"{cache_key(model_fp, seqs)}.npy"
-    if path.exists():
-        try:
-            cached = np.load(path)
-            if cached.shape == (len(seqs),):
-                return cached, True, path
-        except (OSError, ValueError):
-            pass  # a damaged cache file is recomputed and replaced
+    cached = _read_cache(path, len(seqs)) if dist.is_main else None
+    if dist.size > 1:
+        flag = dist.broadcast(mx.array([float(cached is not None)]), "the reference cache check")
+        if flag.item():
+            mine = cached if cached is not None else np.zeros(len(seqs), np.float32)
+            cached = np.array(dist.broadcast(mx.array(mine), "the reference broadcast"))
+    if cached is not None:
+        return cached, True, path
     model.eval()  # no dropout in the reference
+    score = scorer(dist)
     if base_only:
         with adapters_off(model):
-            logps, _ = batched_logps(model, seqs, batch_size, progress=progress)
+            logps, _ = score(model, seqs, batch_size, progress=progress)
     else:
-        logps, _ = batched_logps(model, seqs, batch_size, progress=progress)
+        logps, _ = score(model, seqs, batch_size, progress=progress)
     logps = logps.astype(np.float32)
-    atomic_write_bytes(path, lambda p: _save_npy(p, logps))
+    if dist.is_main:
+        atomic_write_bytes(path, lambda p: _save_npy(p, logps))
     return logps, False, path
+
+
+def _read_cache(path: Path, n: int) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    try:
+        cached = np.load(path)
+    except (OSError, ValueError):
+        return None  # a damaged cache file is recomputed and replaced
+    return cached if cached.shape == (n,) else None
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:

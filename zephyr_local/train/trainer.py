@@ -2,8 +2,10 @@
 
 Determinism for resume: micro-batch k of the run always holds the same rows
 (epoch e's order is numpy's default_rng([seed, e]).permutation), and the dropout
-RNG is reseeded from (seed, step) before every step, so a resumed run replays
-exactly the steps an uninterrupted run would take.
+RNG is reseeded from (seed, step, rank) before every step, so a resumed run replays
+exactly the steps an uninterrupted run would take. On N ranks each micro-batch is
+split N ways, so without dropout an N-rank run is the 1-rank run up to float32
+reduction order; dropout masks are drawn per rank (same distribution, other draws).
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ import numpy as np
 
 from zephyr_local.errors import ZephyrError
 from zephyr_local.train.config import TrainConfig
+from zephyr_local.train.distributed import Dist
 
 
 class TrainingError(ZephyrError):
-    """Training could not go on (the message says at which step and what was kept)."""
+    """Training could not go on (the message says at which step and what was kept).
+
+    Every rank of a distributed run sees the same reduced loss, so all raise it.
+    """
 
     exit_code = 1
+    collective = True
 
 
 @dataclass
@@ -83,90 +90,105 @@ def _finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
-def train_step(model, objective, optimizer, plan: Plan, step: int, cfg: TrainConfig) -> dict:
-    """One optimizer step over `accumulation` micro-batches; returns its metrics.
+def train_step(model, objective, optimizer, plan: Plan, step: int, cfg: TrainConfig,
+               dist: Dist | None = None) -> dict:
+    """One optimizer step over `accumulation` global micro-batches; returns its metrics.
+
+    In a distributed run each rank computes its slice of every micro-batch, its loss
+    weighted by that slice's share of the step, so the sum of the ranks' gradients is
+    the gradient of the whole step and every rank applies the same update.
 
     Raises TrainingError, leaving the weights untouched, if loss or gradients
-    are not finite.
+    are not finite (every rank sees the same reduced values, so all raise it).
     """
-    mx.random.seed(cfg.seed * 1_000_003 + step)  # dropout, replayable on resume
+    dist = dist or Dist()
+    mx.random.seed((cfg.seed * 1_000_003 + step) * dist.size + dist.rank)  # dropout, replayable
     mx.reset_peak_memory()
     t0 = time.perf_counter()
     batches = [plan.micro_batch(step * plan.accumulation + j) for j in range(plan.accumulation)]
     batches = [b for b in batches if len(b)]
     total = sum(objective.size(b) for b in batches)
     value_and_grad = nn.value_and_grad(model, partial(objective.forward, model))
-    grads, outputs, tokens = None, [], 0
+    grads, outputs, sizes = None, [], np.zeros(dist.size, dtype=int)
     for idx in batches:
-        args = objective.inputs(idx, objective.size(idx) / total)
-        out, g = value_and_grad(*args)
+        sizes += dist.sizes(len(idx))
+        mine = dist.shard(idx)
+        if not len(mine):  # fewer rows than ranks: this rank adds zero gradients
+            continue
+        out, g = value_and_grad(*objective.inputs(mine, objective.size(mine) / total))
         grads = g if grads is None else nn.utils.tree_map(mx.add, grads, g)
         mx.eval(out, grads)
         outputs.append(out)
-        tokens += objective.n_tokens(idx)
-    loss = sum(float(o[0].item()) for o in outputs)
+    if grads is None:
+        grads = nn.utils.tree_map(mx.zeros_like, model.trainable_parameters())
+    grads = dist.sum_gradients(grads, f"the gradient all_sum of step {step + 1}")
+    rows = dist.gather_rows(objective.rows(outputs), list(sizes), f"the metrics of step {step + 1}")
+    metrics = objective.metrics(rows, total)
     if cfg.max_grad_norm > 0:
         grads, norm = optim.clip_grad_norm(grads, cfg.max_grad_norm)
     else:
         _, norm = optim.clip_grad_norm(grads, float("inf"))
-    grad_norm = float(norm.item())
+    loss, grad_norm = metrics["loss"], float(norm.item())
     if not _finite(loss, grad_norm):
         raise TrainingError(f"the loss became {loss} (gradient norm {grad_norm}) at step {step + 1}")
     optimizer.update(model, grads)
     mx.eval(model.trainable_parameters(), optimizer.state)
     dt = time.perf_counter() - t0
-    record = {"step": step + 1, "epoch": round(plan.epoch_of(step + 1), 4),
-              **objective.metrics(outputs, total), "grad_norm": grad_norm,
-              "learning_rate": float(optimizer.learning_rate.item()),
-              "num_tokens": tokens,  # this step's; the recorder makes it cumulative
-              "tokens_per_second": tokens / max(dt, 1e-9),
-              "peak_memory_gb": mx.get_peak_memory() / 1e9}
-    return record
+    peak = dist.gather_rows(np.array([mx.get_peak_memory() / 1e9], np.float32), [1] * dist.size,
+                            f"the memory report of step {step + 1}")
+    tokens = sum(objective.n_tokens(b) for b in batches)  # the whole job's, every rank's
+    return {"step": step + 1, "epoch": round(plan.epoch_of(step + 1), 4), **metrics,
+            "grad_norm": grad_norm, "learning_rate": float(optimizer.learning_rate.item()),
+            "num_tokens": tokens,  # this step's; the recorder makes it cumulative
+            "tokens_per_second": tokens / max(dt, 1e-9), "peak_memory_gb": float(peak.max())}
 
 
 @contextmanager
-def deferred_sigint():
-    """Hold Ctrl-C until the block ends, then raise it (main thread only).
+def recorded_sigint():
+    """Record Ctrl-C instead of raising it (main thread only); yields the record.
 
-    A step interrupted after the optimizer update but before it is counted would
-    be applied twice on resume; deferring the signal keeps checkpoints exact.
+    The loop stops at the next step boundary: a step interrupted after the optimizer
+    update but before it is counted would be applied twice on resume.
     """
+    caught: list = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield caught
         return
-    caught = []
     previous = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
     try:
-        yield
+        yield caught
     finally:
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
-    if caught and previous is not signal.SIG_IGN:
-        raise KeyboardInterrupt
 
 
 def run_loop(model, objective, optimizer, plan: Plan, cfg: TrainConfig, start: int,
-             hooks: Hooks) -> int:
+             hooks: Hooks, dist: Dist | None = None) -> int:
     """Steps start..total; checkpoints on schedule, on Ctrl-C and before a bad step.
 
-    Returns the number of completed steps.
+    A Ctrl-C on any rank is voted on at each step boundary, so every rank stops
+    after the same step. Returns the number of completed steps.
     """
+    dist = dist or Dist()
     done = start
     try:
-        for step in range(start, plan.total_steps):
-            model.train()
-            try:
-                with deferred_sigint():  # a step, its log line and `done` change together
-                    record = train_step(model, objective, optimizer, plan, step, cfg)
-                    hooks.step(record)
-                    done = step + 1
-            except TrainingError as exc:
-                where = hooks.checkpoint(done)
-                raise TrainingError(f"{exc}; stopped. The last good checkpoint (step {done}) "
-                                    f"is in {where}: lower --learning-rate and --resume") from None
-            if cfg.eval_every and done % cfg.eval_every == 0 and done < plan.total_steps:
-                hooks.evaluate(done)
-            if cfg.save_every and done % cfg.save_every == 0 and done < plan.total_steps:
-                hooks.checkpoint(done)
+        with recorded_sigint() as caught:
+            for step in range(start, plan.total_steps):
+                if dist.any(bool(caught), f"the stop vote before step {step + 1}"):
+                    raise KeyboardInterrupt
+                model.train()
+                try:
+                    record = train_step(model, objective, optimizer, plan, step, cfg, dist=dist)
+                except TrainingError as exc:
+                    where = hooks.checkpoint(done)
+                    raise TrainingError(f"{exc}; stopped. The last good checkpoint (step {done})"
+                                        f" is in {where}: lower --learning-rate and --resume"
+                                        ) from None
+                hooks.step(record)
+                done = step + 1
+                if cfg.eval_every and done % cfg.eval_every == 0 and done < plan.total_steps:
+                    hooks.evaluate(done)
+                if cfg.save_every and done % cfg.save_every == 0 and done < plan.total_steps:
+                    hooks.checkpoint(done)
     except KeyboardInterrupt:
         hooks.checkpoint(done)
         raise
