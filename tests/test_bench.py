@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from zephyr_local.bench import harness
+from zephyr_local.safetensors_header import read_header
+
+HEADER_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
-def test_harness_writes_results(test_model, tmp_path, monkeypatch):
-    tiny = {"prompt_lengths": (16, 64), "max_tokens": 4, "repeats": 1, "turns": 3,
-            "user_tokens": 8, "reply_tokens": 4, "bandwidth_mb": 8, "blas_repeats": 1,
-            "dpo_dims": {}, "dpo_steps": 1, "dpo_max_length": 64, "dpo_batch_pairs": 1,
-            "chat_tokens": 4, "quantize_7b": False,
-            "multiturn_dims": {"num_hidden_layers": 2}, "docs_bytes": 1 << 16,
-            "distributed": None}
-    monkeypatch.setitem(harness.MODES, "quick", tiny)
+TINY = {"prompt_lengths": (16, 64), "max_tokens": 4, "repeats": 1, "turns": 3,
+        "user_tokens": 8, "reply_tokens": 4, "bandwidth_mb": 8, "blas_repeats": 1,
+        "dpo_dims": {"num_hidden_layers": 2}, "dpo_steps": 1, "dpo_max_length": 64,
+        "dpo_batch_pairs": 1, "chat_tokens": 4, "quantize_7b": False,
+        "multiturn_dims": {"num_hidden_layers": 2}, "dtype_tokens": 4, "dtype_budget_s": 0.2,
+        "dtype_probe_s": 0, "docs_bytes": 1 << 16,
+        "distributed": None, "lookup_tokens": 4}
+
+
+@pytest.fixture
+def tiny_mode(monkeypatch, tmp_path):
+    monkeypatch.setitem(harness.MODES, "quick", TINY)
+    monkeypatch.setattr(harness, "cache_dir", lambda: tmp_path / "cache")
+
+
+def test_harness_writes_results(test_model, tmp_path, tiny_mode):
     run = harness.run("quick", str(test_model))
     paths = harness.write(run, tmp_path)
     record = json.loads(paths["json"].read_text())
     assert record["machine"]["backend"] == "cpu" and record["machine"]["mlx_version"]
     cases = {c["name"]: c for c in record["cases"]}
     assert set(cases) == {"generation", "multi-turn", "hardware limit", "linux-cpu-blas", "dpo",
-                          "chat UI", "quantize 7B", "retrieval", "distributed"}
+                          "chat UI", "quantize 7B", "dtype", "retrieval", "distributed",
+                          "prompt lookup"}
+    lookup = cases["prompt lookup"]
+    assert len(lookup["ratios"]) == 6 and lookup["details"]["cost_model"]["one_token_s"] > 0
+    assert all(v["identical_greedy_tokens"] for v in lookup["details"].values() if "kind" in v)
     docs = cases["retrieval"]["details"]
     assert docs["bytes"] == 1 << 16 and docs["passages"] > 10 and docs["passages_used"] > 0
     gen = cases["generation"]
@@ -42,8 +60,12 @@ def test_harness_writes_results(test_model, tmp_path, monkeypatch):
     chat = cases["chat UI"]["ratios"][0]
     assert chat["goal"] == ">= 0.95" and chat["ours"] > 0 and chat["baseline"] > 0
     dpo = cases["dpo"]
-    assert [r["metric"] for r in dpo["ratios"]] == ["peak memory of a step", "time per step (best)"]
+    # -m given: the DPO case measures that model and says so.
+    assert [r["metric"] for r in dpo["ratios"]] == ["peak memory of a step, zephyr-test",
+                                                    "time per step (best), zephyr-test"]
+    assert dpo["details"]["settings"]["model"] == str(test_model)
     assert dpo["details"]["naive"]["peak_memory_gb"] > 0
+    _check_dtype_case(cases["dtype"])
     md = paths["md"].read_text()
     assert "| generation | prompt tok/s, 16-token prompt |" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -53,3 +75,38 @@ def test_harness_writes_results(test_model, tmp_path, monkeypatch):
 def test_bench_rejects_unknown_case(run_cli, tmp_path):
     r = run_cli("bench", "--case", "nope", "--out", str(tmp_path))
     assert r.exit_code == 1 and "unknown case(s) nope" in r.stderr
+
+
+def _check_dtype_case(case: dict) -> None:
+    """Six variants, each written in its dtype; the default compared with the other two."""
+    from zephyr_local.backend import COMPUTE_DTYPES, default_dtype
+
+    variants = case["details"]["variants"]
+    assert {(v["bits"], v["dtype"]) for v in variants} == {
+        (b, d) for b in (4, 8) for d in COMPUTE_DTYPES}
+    for v in variants:
+        header = read_header(Path(v["path"]) / "model.safetensors")
+        assert header["lm_head.scales"]["dtype"] == HEADER_DTYPE[v["dtype"]]
+        assert v["decode_tok_s"] > 0 and v["tokens"] >= 2
+        assert (v["vs_float32"] == 1.0) == (v["dtype"] == "float32")
+    assert case["details"]["matmul_4096_4bit"] == {}  # probes off in this tiny mode
+    assert len(case["ratios"]) == 4
+    assert all(f"{default_dtype()} (default) vs" in r["metric"] for r in case["ratios"])
+
+
+def test_dpo_case_without_a_model_says_it_measured_a_random_one(tiny_mode):
+    run = harness.run("quick", None, ["dpo"])
+    dpo = run.results[0]
+    assert [r.metric for r in dpo.ratios] == [
+        "peak memory of a step, random 2-layer 128-wide model",
+        "time per step (best), random 2-layer 128-wide model"]
+    assert dpo.details["model_dims"] == TINY["dpo_dims"]
+
+
+@pytest.mark.parametrize("kind", ["float16", "dense"])
+def test_matmul_probe_times_and_counts_threads(kind):
+    from zephyr_local.bench.dtype import matmul_probe
+
+    probe = matmul_probe(kind, 0.01, k=256)
+    assert probe["ms"] > 0
+    assert probe["busy_threads"] is None or probe["busy_threads"] >= 1

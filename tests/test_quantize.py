@@ -26,6 +26,8 @@ from zephyr_local.testmodel import create_test_model
 BITS = q.ALLOWED_BITS
 GROUPS = q.ALLOWED_GROUP_SIZES
 EVAL_CHARS = 1500  # ~350 tokens: one chunk keeps the KL tests fast
+HEADER_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+SCALE_BITS = {"float32": 32, "float16": 16, "bfloat16": 16}
 
 
 @pytest.fixture(scope="module")
@@ -96,18 +98,20 @@ def test_every_combination_loads_in_mlx_lm_and_generates(quantized, qstore, bits
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("group_size", GROUPS)
 def test_bits_per_weight_from_the_saved_tensors(quantized, qstore, bits, group_size):
-    """bits + 32/group_size: saved bytes of weight+scales+biases over the source's weight count."""
+    """bits + a scale and a bias per group: saved bytes of weight+scales+biases over the
+    source's weight count."""
     path, report = quantized(bits, group_size)
     saved, source = _headers(path), _headers(qstore / "src")
+    scale_bits = SCALE_BITS[report.dtype]
     total_bytes = total_params = 0
     for name, entry in saved.items():
         if not name.endswith(".scales"):
             continue
         layer = name[: -len(".scales")]
-        assert entry["dtype"] == "F16"
+        assert entry["dtype"] == HEADER_DTYPE[report.dtype]
         nbytes = sum(_nbytes(saved[f"{layer}.{k}"]) for k in ("weight", "scales", "biases"))
         params = math.prod(source[f"{layer}.weight"]["shape"])
-        assert 8 * nbytes / params == bits + 32 / group_size, layer
+        assert 8 * nbytes / params == bits + 2 * scale_bits / group_size, layer
         total_bytes, total_params = total_bytes + nbytes, total_params + params
     assert total_params == report.quantized_parameters
     assert report.bits_per_weight == pytest.approx(8 * total_bytes / total_params, abs=1e-4)
@@ -212,7 +216,9 @@ def test_head_bits_config_loads_per_layer(quantized):
     model, _ = load(str(path))
     assert model.lm_head.bits == 8 and model.model.embed_tokens.bits == 8
     assert model.model.layers[0].mlp.up_proj.bits == 3
-    assert report.bits_per_weight == 3.5 and report.head_bits_per_weight == 8.5
+    per_group = 2 * SCALE_BITS[report.dtype] / 64  # a scale and a bias per 64 weights
+    assert report.bits_per_weight == 3 + per_group
+    assert report.head_bits_per_weight == 8 + per_group
 
 
 def test_models_listing_counts_mixed_precision_layers(quantized):
@@ -244,18 +250,20 @@ def test_cli_quantize_with_report_and_model_card(qstore, monkeypatch):
     out = qstore / "src-5bit-g32-head6"
     assert report["output"] == str(out)
     saved = json.loads((out / q.REPORT_FILE).read_text())
-    assert saved["bits_per_weight"] == 5 + 32 / 32 == report["bits_per_weight"]
-    assert saved["head_bits_per_weight"] == 6 + 32 / 32
+    per_group = 2 * SCALE_BITS[saved["dtype"]] / 32  # a scale and a bias per 32 weights
+    assert saved["bits_per_weight"] == 5 + per_group == report["bits_per_weight"]
+    assert saved["head_bits_per_weight"] == 6 + per_group
     assert saved["quality"]["mean_kl"] > 0 and saved["quality"]["chunks"] == 1
     assert saved["peak_rss_gb"] > 0 and saved["output_bytes"] < saved["source_bytes"]
     card = (out / "README.md").read_text()
-    for needle in (str(qstore / "src"), "| bits | 5 |", "| group size | 32 |", "6.000",
+    head_bpw = f"{6 + per_group:.3f}"
+    for needle in (str(qstore / "src"), "| bits | 5 |", "| group size | 32 |", head_bpw,
                    f"zephyr-local {saved['tool_version']}", "perplexity"):
         assert needle in card
     gen = run("generate", "-m", out.name, "--temp", "0", "--max-tokens", "3", "-p", "Hi")
     assert gen.exit_code == 0, gen.output
     table = run("quantize", "src", *flags, "--no-eval", "--force")
-    assert table.exit_code == 0 and "6.000" in table.stdout and "perplexity" not in table.stdout
+    assert table.exit_code == 0 and head_bpw in table.stdout and "perplexity" not in table.stdout
 
 
 def _model_like(store: Path) -> set[str]:
@@ -323,7 +331,7 @@ def no_work(monkeypatch):
 @pytest.mark.parametrize("args,message", [
     (["--bits", "7"], "--bits 7 is not supported: choose one of 2, 3, 4, 5, 6, 8"),
     (["--group-size", "48"], "--group-size 48 is not supported: choose one of 32, 64, 128"),
-    (["--dtype", "float32"], "--dtype float32 is not supported: choose one of float16, bfloat16"),
+    (["--dtype", "int8"], "--dtype int8 is not supported: choose one of float32, float16, bfloat16"),
     (["--head-bits", "1"], "--head-bits 1 is not supported"),
 ])
 def test_bad_options_are_refused_before_any_work(run_cli, no_work, args, message):

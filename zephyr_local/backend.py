@@ -1,7 +1,8 @@
 """The one seam between zephyr-local and the compute backend (Metal, CUDA or CPU).
 
 Everything that depends on which MLX backend runs lives here: the BLAS swap for
-Linux CPU wheels and the description of the device that `info` prints.
+Linux CPU wheels, the dtype models are made in, the prompt-lookup proposal length,
+and the description of the device that `info` prints.
 """
 
 from __future__ import annotations
@@ -77,14 +78,46 @@ def backend_name() -> str:
     return "metal"
 
 
-def default_dtype() -> str:
-    """The float type for scales, biases and float weights that computes fastest here.
+# Prompt-lookup proposal length per backend: the most tokens one verify pass carries.
+NUM_DRAFT_TOKENS = {"cpu": 6, "metal": 8, "cuda": 8}
 
-    MLX's CPU kernels are fast only in float32 (BLAS, and quantized matmuls with
-    float32 scales); float16/bfloat16 run many times slower there. On Metal (and
-    CUDA) float16 halves the memory traffic and is the fast path.
+
+def default_num_draft_tokens() -> int:
+    """Prompt-lookup proposal length for this backend.
+
+    On Metal and CUDA batch-1 decode is bound by reading the weights, so each extra
+    token of a verify pass adds only its compute (about a tenth of a token at 7B 4-bit);
+    on the CPU it adds more (measured by the `lookup` benchmark case), so proposals stay
+    shorter there.
     """
-    return "float32" if backend_name() == "cpu" else "float16"
+    return NUM_DRAFT_TOKENS[backend_name()]
+
+
+# The dtypes a model's float parameters (and a quantized model's scales and biases) can take.
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+
+# The fastest per backend (`zephyr-local bench --case dtype` measures it):
+# - cpu: float32. Only float32 matmuls reach BLAS, and MLX's CPU quantized matmul has a
+#   vectorised kernel only for float32; float16/bfloat16 take a scalar loop in the
+#   16-bit type: decode with float16 scales measured 10x to 100x+ slower.
+# - metal: float16, which every Apple GPU computes at full rate (M1/M2 lack fast bfloat16).
+# - cuda: float16 (not measured here). MLX's CUDA matmuls use tensor cores for float16 and
+#   bfloat16 but plain FMA for float32, float32 scales would double the scale bytes that
+#   memory-bound decode reads, and float16 keeps 3 more mantissa bits than bfloat16.
+DEFAULT_DTYPES = {"cpu": "float32", "metal": "float16", "cuda": "float16"}
+
+
+def default_dtype() -> str:
+    """The dtype that quantize, fuse and import write by default: the backend's fastest."""
+    return DEFAULT_DTYPES[backend_name()]
+
+
+def default_dtypes_text() -> str:
+    """`float32 on CPU; float16 on Metal and CUDA`: the table above, for help texts."""
+    by: dict[str, list[str]] = {}
+    for name, dtype in DEFAULT_DTYPES.items():
+        by.setdefault(dtype, []).append({"cpu": "CPU", "metal": "Metal", "cuda": "CUDA"}[name])
+    return "; ".join(f"{d} on {' and '.join(names)}" for d, names in by.items())
 
 
 def device_info() -> dict:

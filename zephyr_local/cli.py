@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from zephyr_local import backend
 from zephyr_local.atomic import human_bytes
 from zephyr_local.errors import ZephyrError, describe_os_error, first_line
 from zephyr_local.params import SEED, Finite
@@ -95,6 +96,25 @@ def sampling_options(f):
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def lookup_options(f):
+    """The prompt-lookup flags shared by `generate` and `chat`."""
+    from zephyr_local.backend import NUM_DRAFT_TOKENS
+
+    per_backend = ", ".join(f"{k} {v}" for k, v in NUM_DRAFT_TOKENS.items())
+    f = click.option("--num-draft-tokens", type=click.IntRange(min=1), default=None,
+                     help=f"Most tokens proposed per verify pass (default: {per_backend}).")(f)
+    return click.option("--no-prompt-lookup", "no_prompt_lookup", is_flag=True,
+                        help="Decode one token per pass (no speculation from the "
+                             "conversation's own tokens).")(f)
+
+
+def lookup_from(kwargs: dict):
+    from zephyr_local.lookup import LookupOptions
+
+    return LookupOptions(enabled=not kwargs.pop("no_prompt_lookup"),
+                         num_draft_tokens=kwargs.pop("num_draft_tokens"))
 
 
 def sampling_from(kwargs: dict):
@@ -184,6 +204,7 @@ def tokenize(ctx, model, messages_file, text, no_generation_prompt) -> None:
               help="A text document to answer from (repeatable): whole if it fits, else the "
                    "best passages.")
 @sampling_options
+@lookup_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print only JSON on stdout: one object with the text and statistics.")
 @click.option("--json-stream", is_flag=True,
@@ -195,7 +216,7 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
 
     Example: zephyr-local generate -m zephyr-test --temp 0 --prompt "Write a haiku"
     """
-    options = sampling_from(kwargs)
+    options, lookup = sampling_from(kwargs), lookup_from(kwargs)
     messages = _prompt_messages(prompt, stdin_prompt, messages_file, system)
     from zephyr_local.engine import Engine
     from zephyr_local.template import uses_own_template
@@ -204,7 +225,7 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
     notice = uses_own_template(engine.tokenizer)
     if notice:
         click.secho(f"Note: {notice}.", err=True, dim=True)
-    session = engine.session(context_budget)
+    session = engine.session(context_budget, lookup)
     parts, last, record = [], None, {}
     try:
         if attach:
@@ -269,6 +290,7 @@ def _stats_line(s) -> str:
         f"prompt {s.prompt_tokens} tok ({s.prefilled_tokens} prefilled) {s.prompt_tps:.1f} tok/s"
         f" | generation {s.generation_tokens} tok {s.generation_tps:.1f} tok/s"
         f" | ttft {s.ttft_s:.2f}s | peak {s.peak_memory_gb:.2f} GB"
+        + (f" | lookup {s.accepted_tokens}/{s.draft_tokens} accepted" if s.draft_tokens else "")
     )
 
 
@@ -304,7 +326,7 @@ def models(ctx, as_json: bool) -> None:
 @cli.command("create-test-model")
 @click.argument("out_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+@click.option("--dtype", type=click.Choice(backend.COMPUTE_DTYPES), default=None,
               help="float32 is fastest on CPUs (default; bfloat16 with --full-size).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--full-size", is_flag=True,
@@ -382,8 +404,9 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
 @click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4, 5, 6 or 8.")
 @click.option("--group-size", type=int, default=64, show_default=True,
               help="Weights per scale and bias: 32, 64 or 128.")
-@click.option("--dtype", default="float16", show_default=True,
-              help="float16 or bfloat16, for scales, biases and unquantized parameters.")
+@click.option("--dtype", default=None,
+              help=f"Scales, biases and unquantized parameters: {', '.join(backend.COMPUTE_DTYPES)} "
+                   f"(default: the backend's fastest, {backend.default_dtypes_text()}).")
 @click.option("--head-bits", type=int, default=None,
               help="Bits for the embedding and output head (default: --bits).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -447,9 +470,9 @@ def _quantize_source(arg: str, store_dir: Path) -> Path:
 @click.option("--name", default=None, help="Name in the model store (default: from SOURCE).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output directory instead of the store.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
-              help="Scales, biases and float weights (default: float32 on the CPU backend, "
-                   "float16 on Metal/CUDA).")
+@click.option("--dtype", type=click.Choice(backend.COMPUTE_DTYPES), default=None,
+              help="Scales, biases and float weights (default: the backend's fastest, "
+                   f"{backend.default_dtypes_text()}).")
 @click.option("--dequantize", is_flag=True,
               help="Write every tensor as float (a source for `quantize` at other bits).")
 @click.option("--force", is_flag=True, help="Replace the output if it exists.")
@@ -502,6 +525,7 @@ def import_cmd(ctx, source, name, out, dtype, dequantize, force, as_json) -> Non
 @click.option("--adapter", default=None, type=click.Path(), help="LoRA adapter directory.")
 @click.option("--system", default=None, help="System prompt for new conversations.")
 @sampling_options
+@lookup_options
 @click.option("--history", "history_path", default=None, type=click.Path(dir_okay=False),
               help="History database (default: $ZEPHYR_LOCAL_HOME/history.sqlite).")
 @click.pass_context
@@ -515,13 +539,14 @@ def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) ->
     """
     from zephyr_local.history import History
 
-    options = sampling_from(kwargs)
+    options, lookup = sampling_from(kwargs), lookup_from(kwargs)
     History(history_path).close()  # a corrupt or newer database: one-line error, file untouched
     from zephyr_local.tui.app import ChatApp, ChatConfig
 
     models_dir = ctx.obj.get("models_dir") if ctx.obj else None
     config = ChatConfig(model=model, adapter=adapter, models_dir=models_dir, system_prompt=system,
-                        options=options, context_budget=context_budget, history_path=history_path)
+                        options=options, context_budget=context_budget, history_path=history_path,
+                        lookup=lookup)
     app = ChatApp(config)
     if app.run() == "pull":
         _pull_default_model(ctx)
@@ -559,7 +584,7 @@ _register_training(cli)
 @model_option
 @click.option("--case", "cases", multiple=True,
               help="Run only this case (repeatable): generation, multiturn, chat-ui, hardware, "
-                   "blas, dpo, quantize, retrieval.")
+                   "blas, dpo, dtype, quantize, retrieval, lookup.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Results folder (default: benchmarks/results in the checkout).")
 def bench(mode, model, cases, out_dir) -> None:

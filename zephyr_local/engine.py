@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from zephyr_local import loading, store
+from zephyr_local import loading, lookup, store
+from zephyr_local.lookup import LookupCounts, LookupOptions
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.template import eos_id, fit_to_budget
 from zephyr_local.worker import MLXThread
@@ -33,6 +34,13 @@ class ReplyStats:
     ttft_s: float  # from the call to the first sampled token
     peak_memory_gb: float
     dropped_turns: int = 0  # turns cut to fit the context budget
+    draft_tokens: int = 0  # tokens proposed by prompt lookup
+    accepted_tokens: int = 0  # of those, kept (each saved a forward pass)
+
+    @property
+    def acceptance(self) -> float | None:
+        """Share of proposed tokens kept; None when nothing was proposed."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -89,8 +97,11 @@ class Engine:
     def context_window(self) -> int:
         return self.loaded.context_window
 
-    def session(self, context_budget: int | None = None) -> "ChatSession":
-        return ChatSession(self, context_budget or self.context_window)
+    def session(
+        self, context_budget: int | None = None, lookup: LookupOptions | None = None
+    ) -> ChatSession:
+        """A conversation; `lookup` sets prompt-lookup decoding (default: on)."""
+        return ChatSession(self, context_budget or self.context_window, lookup)
 
     def close(self) -> None:
         self.worker.close()
@@ -99,9 +110,10 @@ class Engine:
 class ChatSession:
     """A conversation with the model that keeps its KV cache between replies."""
 
-    def __init__(self, engine: Engine, context_budget: int):
+    def __init__(self, engine: Engine, context_budget: int, lookup: LookupOptions | None = None):
         self.engine = engine
         self.context_budget = context_budget
+        self.lookup = lookup or LookupOptions()
         self._cancel = threading.Event()
         self._cache = None  # mlx-lm prompt cache, made on the MLX thread
         self._cached_ids: list[int] = []  # the tokens the cache holds, in order
@@ -164,7 +176,7 @@ class ChatSession:
     def _run(self, ids: list[int], options: SamplingOptions, dropped_turns: int) -> Iterator[Response]:
         """The decode loop; runs on the MLX thread."""
         import mlx.core as mx
-        from mlx_lm.generate import generate_step, generation_stream, wired_limit
+        from mlx_lm.generate import generation_stream, wired_limit
 
         t0 = time.perf_counter()
         try:
@@ -182,13 +194,11 @@ class ChatSession:
         detok.reset()
         generated: list[int] = []
         finish, t_first = "length", None
-        steps = generate_step(
-            mx.array(ids[keep:]), model, max_tokens=max_new, sampler=options.sampler(),
-            logits_processors=options.logits_processors(), prompt_cache=self._cache,
-        )
+        counts = LookupCounts()
+        steps = self._token_ids(ids, keep, options, max_new, counts)
         try:
             with wired_limit(model, [generation_stream]):
-                for token, _ in steps:
+                for token in steps:
                     if t_first is None:
                         t_first = time.perf_counter()
                     generated.append(token)
@@ -218,8 +228,31 @@ class ChatSession:
             ttft_s=t_first - t0,
             peak_memory_gb=mx.get_peak_memory() / 1e9,
             dropped_turns=dropped_turns,
+            draft_tokens=counts.draft_tokens,
+            accepted_tokens=counts.accepted_tokens,
         )
         yield Response(detok.last_segment, None, finish, stats)
+
+    def _token_ids(self, ids: list[int], keep: int, options: SamplingOptions, max_new: int,
+                   counts: LookupCounts) -> Iterator[int]:
+        """The sampled token ids: prompt lookup when on, else mlx-lm's generate_step."""
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step
+        from mlx_lm.models.cache import can_trim_prompt_cache
+
+        model = self.engine.loaded.model
+        sampler, processors = options.sampler(), options.logits_processors()
+        # Speculation rewinds the cache; a cache that cannot be trimmed decodes plainly.
+        if self.lookup.enabled and can_trim_prompt_cache(self._cache):
+            return lookup.generate_ids(
+                ids, keep, model, self._cache, sampler=sampler, logits_processors=processors,
+                max_tokens=max_new, num_draft_tokens=self.lookup.draft_length(), counts=counts,
+            )
+        steps = generate_step(
+            mx.array(ids[keep:]), model, max_tokens=max_new, sampler=sampler,
+            logits_processors=processors, prompt_cache=self._cache,
+        )
+        return (token for token, _ in steps)
 
     def _sync_cached_ids(self, fed: list[int]) -> None:
         """Record which tokens the cache holds after a reply.

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Callable
 
 from zephyr_local.atomic import check_writable, replace_dir, temp_dir, writing
+from zephyr_local.backend import COMPUTE_DTYPES, default_dtype
 from zephyr_local.errors import ModelFormatError, ZephyrError
 from zephyr_local.quantize_files import copy_tokenizer_files, write_model_card
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 8)
 ALLOWED_GROUP_SIZES = (32, 64, 128)
-ALLOWED_DTYPES = ("float16", "bfloat16")
 SOURCE_DTYPES = ("F32", "F16", "BF16")
 HEAD_LAYERS = ("model.embed_tokens", "lm_head")
 REPORT_FILE = "quantization_report.json"
@@ -41,18 +41,23 @@ class QuantizeOptions:
 
     bits: int = field(default=4, metadata={"help": "bits per quantized weight: 2, 3, 4, 5, 6, 8"})
     group_size: int = field(default=64, metadata={"help": "weights sharing a scale: 32, 64, 128"})
-    dtype: str = field(default="float16", metadata={
-        "help": "dtype of scales, biases and unquantized parameters (M1/M2 lack fast bf16)"})
+    dtype: str | None = field(default=None, metadata={
+        "help": "dtype of scales, biases and unquantized parameters (None: the backend's "
+                "fastest, backend.default_dtype())"})
     head_bits: int | None = field(default=None, metadata={
         "help": "bits for the embedding and output head (None: same as --bits)"})
     force: bool = field(default=False, metadata={"help": "replace an existing output"})
     evaluate: bool = field(default=True, metadata={"help": "measure perplexity and KL"})
 
+    def __post_init__(self) -> None:
+        if self.dtype is None:
+            self.dtype = default_dtype()
+
     def validate(self) -> "QuantizeOptions":
         """Raise ZephyrError naming the bad value and the allowed ones."""
         _one_of("--bits", self.bits, ALLOWED_BITS)
         _one_of("--group-size", self.group_size, ALLOWED_GROUP_SIZES)
-        _one_of("--dtype", self.dtype, ALLOWED_DTYPES)
+        _one_of("--dtype", self.dtype, COMPUTE_DTYPES)
         if self.head_bits is not None:
             _one_of("--head-bits", self.head_bits, ALLOWED_BITS)
         return self
@@ -86,7 +91,7 @@ class QuantizeReport:
     head_bits: int | None
     source_bytes: int
     output_bytes: int
-    bits_per_weight: float  # over the layers quantized at `bits`: bits + 32 / group_size
+    bits_per_weight: float  # over the layers at `bits`: bits + 2 * dtype bits / group_size
     head_bits_per_weight: float | None  # embedding and head, when --head-bits differs
     overall_bits_per_weight: float  # every parameter, norms included
     parameters: int
@@ -161,13 +166,15 @@ def _natural(path: str) -> tuple:
 
 
 def _estimate_bytes(model, layers: dict, opts: QuantizeOptions) -> int:
-    """Output size: quantized layers at bits + 32/group per weight, the rest at 16 bits."""
+    """Output size: quantized layers at bits + a scale and a bias per group, the rest in dtype."""
+    import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    total = sum(v.size for _, v in tree_flatten(model.parameters())) * 2
+    size = getattr(mx, opts.dtype).size
+    total = sum(v.size for _, v in tree_flatten(model.parameters())) * size
     for bits, module in layers.values():
         n = module.weight.size
-        total += int(n * (bits + 32 / opts.group_size) / 8) - n * 2
+        total += int(n * (bits + 16 * size / opts.group_size) / 8) - n * size
     return total
 
 
@@ -200,16 +207,23 @@ def plan(source: Path, out: Path, opts: QuantizeOptions) -> _Plan:
     return _Plan(source, out, config, model, need)
 
 
-def _quantize_lazily(model, config: dict, opts: QuantizeOptions):
-    """mlx-lm's quantize_model on the lazy model: builds the graph, computes nothing."""
+def cast_floating(model, dtype: str) -> None:
+    """Cast the model's float parameters to `dtype` (lazily); quantize_model keeps the
+    dtype it finds for the scales and biases, so this is what chooses theirs."""
     import mlx.core as mx
     from mlx.utils import tree_map
+
+    target = getattr(mx, dtype)
+    model.update(tree_map(
+        lambda x: x.astype(target) if mx.issubdtype(x.dtype, mx.floating) else x,
+        model.parameters()))
+
+
+def _quantize_lazily(model, config: dict, opts: QuantizeOptions):
+    """mlx-lm's quantize_model on the lazy model: builds the graph, computes nothing."""
     from mlx_lm.utils import quantize_model
 
-    dtype = getattr(mx, opts.dtype)
-    model.update(tree_map(
-        lambda x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) else x,
-        model.parameters()))
+    cast_floating(model, opts.dtype)
     head = {"group_size": opts.group_size, "bits": opts.head_bits, "mode": "affine"}
 
     def predicate(path, module):

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from zephyr_local.atomic import atomic_dir, check_writable
+from zephyr_local.backend import COMPUTE_DTYPES
 from zephyr_local.errors import ZephyrError
 
 TOKENIZER_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
@@ -138,8 +139,8 @@ def create_test_model(
     if out.exists() and not force:
         raise ZephyrError(f"{out} already exists: pass --force to replace it")
     check_writable(out.parent)
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ZephyrError(f"dtype {dtype!r} is not one of float32, float16, bfloat16")
+    if dtype not in COMPUTE_DTYPES:
+        raise ZephyrError(f"dtype {dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
     config = tiny_config(**dims)
     config["torch_dtype"] = dtype
     with atomic_dir(out) as tmp:
@@ -195,8 +196,8 @@ def create_full_size_test_model(
     if out.exists() and not force:
         raise ZephyrError(f"{out} already exists: pass --force to replace it")
     check_writable(out.parent)
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ZephyrError(f"dtype {dtype!r} is not one of float32, float16, bfloat16")
+    if dtype not in COMPUTE_DTYPES:
+        raise ZephyrError(f"dtype {dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
     config = {**ZEPHYR_CONFIG, "torch_dtype": dtype}
     # Building the module only creates lazy initializers: it gives the shapes for free.
     shapes = {k: v.shape for k, v in tree_flatten(

@@ -23,14 +23,17 @@ MODES = {
               "user_tokens": 48, "reply_tokens": 16, "bandwidth_mb": 256, "blas_repeats": 1,
               "dpo_dims": LARGE_DIMS, "dpo_steps": 2, "dpo_max_length": 128,
               "dpo_batch_pairs": 1, "chat_tokens": 256,
-              "quantize_7b": False, "multiturn_dims": None, "docs_bytes": 1 << 20,
-              "distributed": None},
+              "quantize_7b": False, "multiturn_dims": None, "dtype_tokens": 256,
+              "dtype_budget_s": 2.0, "dtype_probe_s": 1.0, "docs_bytes": 1 << 20,
+              "distributed": None, "lookup_tokens": 64},
     "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
              "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3,
              "dpo_dims": LARGE_DIMS, "dpo_steps": 3, "dpo_max_length": 256,
              "dpo_batch_pairs": 2, "chat_tokens": 512,
-             "quantize_7b": True, "multiturn_dims": LARGE_DIMS, "docs_bytes": 1 << 20,
-             "distributed": {"steps": 2, "batch": 2, "max_length": 128, "repeats": 3}},
+             "quantize_7b": True, "multiturn_dims": LARGE_DIMS, "dtype_tokens": 512,
+             "dtype_budget_s": 5.0, "dtype_probe_s": 2.0, "docs_bytes": 1 << 20,
+             "distributed": {"steps": 2, "batch": 2, "max_length": 128, "repeats": 3},
+             "lookup_tokens": 160},
 }
 
 
@@ -43,6 +46,7 @@ class BenchRun:
     cases: list[str]
     machine: dict = field(default_factory=dict)
     results: list[CaseResult] = field(default_factory=list)
+    model_given: bool = False  # -m MODEL, not the test model made for the run
 
 
 def machine_record() -> dict:
@@ -96,11 +100,25 @@ def _case_fns() -> dict[str, Callable]:
         from zephyr_local.testmodel import create_test_model
         from zephyr_local.train.bench import dpo_case
 
+        steps = (s["dpo_steps"], s["dpo_max_length"], s["dpo_batch_pairs"])
+        if run.model_given:
+            return dpo_case(model, *steps)
+        # Without -m: a random model large enough that weights dominate memory.
         with tempfile.TemporaryDirectory() as tmp:
             path = create_test_model(Path(tmp) / "dpo-model", **s["dpo_dims"])
-            result = dpo_case(path, s["dpo_steps"], s["dpo_max_length"], s["dpo_batch_pairs"])
+            config = json.loads((path / "config.json").read_text())
+            label = (f"random {config['num_hidden_layers']}-layer "
+                     f"{config['hidden_size']}-wide model")
+            result = dpo_case(path, *steps, label=label)
         result.details["model_dims"] = s["dpo_dims"]
         return result
+
+    def dtype(engine, model, s, run):
+        from zephyr_local.bench.dtype import dtype_case
+
+        return dtype_case(model, cache_dir(), max_tokens=s["dtype_tokens"],
+                          budget_s=s["dtype_budget_s"], repeats=s["repeats"],
+                          probe_s=s["dtype_probe_s"])
 
     def chat(engine, model, s, run):
         from zephyr_local.bench.chat_ui import chat_ui_case
@@ -113,6 +131,16 @@ def _case_fns() -> dict[str, Callable]:
         if not s["quantize_7b"]:
             return CaseResult("quantize 7B", skipped="full mode only (writes a 14.5 GB checkpoint)")
         return quantize_case(cache_dir())
+
+    def lookup(engine, model, s, run):
+        from zephyr_local.bench.lookup import float32_engine, lookup_case
+
+        # On the CPU quantized matmuls of several rows are a slow path, so a verify pass
+        # would cost many tokens: this case runs a float32 copy of a quantized model.
+        with float32_engine(engine) as eng:
+            result = lookup_case(eng, max_tokens=s["lookup_tokens"], repeats=s["repeats"])
+        result.details["dtype"] = "float32"
+        return result
 
     def docs(engine, model, s, run):
         from zephyr_local.bench.retrieval import retrieval_case
@@ -127,7 +155,8 @@ def _case_fns() -> dict[str, Callable]:
         return distributed_case(s["dpo_dims"], **s["distributed"])
 
     return {"generation": gen, "multiturn": multi, "chat-ui": chat, "quantize": quant,
-            "hardware": hw, "blas": cpu_blas, "dpo": dpo, "retrieval": docs, "distributed": dist}
+            "hardware": hw, "blas": cpu_blas, "dpo": dpo, "dtype": dtype, "retrieval": docs,
+            "distributed": dist, "lookup": lookup}
 
 
 def cache_dir() -> Path:
@@ -162,11 +191,12 @@ def run(mode: str = "quick", model: str | None = None, cases: list[str] | None =
 
         raise ZephyrError(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(fns)}")
     with tempfile.TemporaryDirectory() as tmp:
-        if model is None:
+        given = model is not None
+        if not given:
             progress("creating the test model")
             model = str(create_test_model(Path(tmp) / "zephyr-test"))
         engine = Engine.load(model)
-        bench = BenchRun(mode, str(engine.loaded.path), cases, machine_record())
+        bench = BenchRun(mode, str(engine.loaded.path), cases, machine_record(), model_given=given)
         try:
             for i, name in enumerate(cases):
                 progress(f"case {name}")

@@ -41,9 +41,12 @@ def quantize_case(cache_dir: Path, progress=lambda msg: None) -> CaseResult:
         result.skipped = f"quantize failed: {out.stderr.strip().splitlines()[-1:]}"
         return result
     report = json.loads(out.stdout[out.stdout.index("{"):])
-    # The formula: 4.5 bits per quantized weight (4 + 32/64), the rest in float16.
-    expected = (report["quantized_parameters"] * 4.5
-                + (report["parameters"] - report["quantized_parameters"]) * 16) / 8
+    # The formula: 4 bits per quantized weight plus a scale and a bias per 64 weights
+    # (4.5 bits in float16, 5 in float32), the rest in the same dtype.
+    dtype_bits = 32 if report["dtype"] == "float32" else 16
+    bpw = 4 + 2 * dtype_bits / 64
+    expected = (report["quantized_parameters"] * bpw
+                + (report["parameters"] - report["quantized_parameters"]) * dtype_bits) / 8
     weights = report["overall_bits_per_weight"] * report["parameters"] / 8
     result.details = {**{k: report[k] for k in (
         "source_bytes", "output_bytes", "bits_per_weight", "overall_bits_per_weight",
@@ -54,7 +57,7 @@ def quantize_case(cache_dir: Path, progress=lambda msg: None) -> CaseResult:
         ratio("quantize 7B", "peak RSS vs half the source size (goal: below)",
               report["quantize_peak_rss_gb"], half_source_gb, "half of the bf16 checkpoint",
               higher_is_better=False, goal=1.0, unit="GB"),
-        ratio("quantize 7B", "weight bytes vs the 4.5 bits/weight formula",
+        ratio("quantize 7B", f"weight bytes vs the {bpw:g} bits/weight formula",
               weights / 1e9, expected / 1e9, "formula", higher_is_better=False, goal=0.999,
               unit="GB"),
     ]

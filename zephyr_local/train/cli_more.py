@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from zephyr_local.backend import COMPUTE_DTYPES, default_dtypes_text
 from zephyr_local.params import Finite
 
 
@@ -61,13 +62,17 @@ def register_more(cli: click.Group) -> None:
     @click.option("--out", required=True, help="Output directory; a bare name goes into the model store.")
     @click.option("--bits", type=click.Choice(["2", "3", "4", "5", "6", "8"]), default=None, help="Quantize the fused model.")
     @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+    @click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=None,
+                  help="Float parameters (and with --bits the scales and biases); default: the "
+                       "base's, with --bits the backend's fastest "
+                       f"({default_dtypes_text()}).")
     @click.option("--dequantize", is_flag=True, help="Write float16 weights even from a quantized base.")
     @click.option("--export-gguf", is_flag=True, help="Also write a float16 GGUF (llama.cpp, ollama) and an ollama Modelfile into --out.")
     @click.option("--gguf-path", default="ggml-model-f16.gguf", show_default=True, help="File name of the GGUF inside --out.")
     @click.option("--force", is_flag=True, help="Replace --out if it exists.")
     @click.pass_context
-    def fuse(ctx, model, adapter, out, bits, group_size, dequantize, export_gguf, gguf_path,
-             force):
+    def fuse(ctx, model, adapter, out, bits, group_size, dtype, dequantize, export_gguf,
+             gguf_path, force):
         """Merge an adapter into the base weights (optionally quantized) as a new model.
 
         With --export-gguf, also a float16 GGUF and a Modelfile: `ollama create NAME -f
@@ -86,7 +91,7 @@ def register_more(cli: click.Group) -> None:
             target = models / out
         opts = FuseOptions(bits=int(bits) if bits else None, group_size=int(group_size),
                            dequantize=dequantize, export_gguf=export_gguf, gguf_name=gguf_path,
-                           force=force).validate()
+                           force=force, dtype=dtype).validate()
         with display.ProgressBars() as bars:
             written = run_fuse(path, Path(adapter), target, opts, bars("Fusing"))
         click.echo(f"Wrote {written}")

@@ -53,20 +53,27 @@ class Dataset:
 EXAMPLES = {  # the bundled worked-example data: (train, valid) files in zephyr_local/data
     "sft": ("recipe_sft.jsonl", "recipe_sft_valid.jsonl"),
     "prefs": ("recipe_prefs.jsonl", "recipe_prefs_valid.jsonl"),
+    # For a real model (README's worked example): plain answers, then preferences for
+    # answers that open with "Happy to help!", and the same style appended at the end
+    # (the data shape that teaches DPO to stop stopping).
+    "real-sft": ("real_sft.jsonl", "real_sft_valid.jsonl"),
+    "real-prefs": ("real_prefs_start.jsonl", "real_prefs_start_valid.jsonl"),
+    "real-prefs-end": ("real_prefs_end.jsonl", "real_prefs_end_valid.jsonl"),
 }
 
 
 def resolve_source(spec: str, split: str = "train") -> Path:
     """The JSONL file for a --data value: a file, or a directory's train/valid.jsonl.
 
-    `example:sft` and `example:prefs` name the bundled worked-example data. A
+    `example:NAME` names bundled worked-example data (EXAMPLES). A
     Hugging Face dataset id (`owner/name`, optionally `:split`) is fetched once
     into the local cache by `hub.dataset_file`.
     """
     if spec.startswith("example:"):
         name = spec.split(":", 1)[1]
         if name not in EXAMPLES:
-            raise DataError(f"unknown bundled data {spec!r}: use example:sft or example:prefs")
+            names = ", ".join(f"example:{n}" for n in EXAMPLES)
+            raise DataError(f"unknown bundled data {spec!r}: use one of {names}")
         return Path(__file__).resolve().parent.parent / "data" / EXAMPLES[name][split == "valid"]
     path = Path(spec).expanduser()
     if path.is_file():

@@ -19,8 +19,10 @@ from mlx.utils import tree_unflatten
 
 from zephyr_local import loading
 from zephyr_local.atomic import atomic_dir, check_writable
+from zephyr_local.backend import COMPUTE_DTYPES, default_dtype
 from zephyr_local.cards import FUSE_FILE, hub_id, yaml_header
 from zephyr_local.errors import ZephyrError
+from zephyr_local.quantize import ALLOWED_BITS, cast_floating
 from zephyr_local.quantize_files import copy_tokenizer_files
 from zephyr_local.train.lora import load_adapter_into
 
@@ -37,10 +39,15 @@ class FuseOptions:
     export_gguf: bool = False  # also <out>/<gguf_name> (float16) and a Modelfile
     gguf_name: str = "ggml-model-f16.gguf"
     force: bool = False
+    # Float parameters (and with bits the scales and biases); None keeps the base's,
+    # except with bits, where it is the backend's fastest (backend.default_dtype).
+    dtype: str | None = None
 
     def validate(self) -> FuseOptions:
-        if self.bits is not None and self.bits not in (2, 3, 4, 5, 6, 8):
-            raise ZephyrError(f"--bits {self.bits}: choose 2, 3, 4, 5, 6 or 8")
+        if self.bits is not None and self.bits not in ALLOWED_BITS:
+            raise ZephyrError(f"--bits {self.bits}: choose {', '.join(map(str, ALLOWED_BITS))}")
+        if self.dtype is not None and self.dtype not in COMPUTE_DTYPES:
+            raise ZephyrError(f"--dtype {self.dtype}: choose {', '.join(COMPUTE_DTYPES)}")
         if self.bits is not None and (self.dequantize or self.export_gguf):
             raise ZephyrError("--bits cannot go with --dequantize or --export-gguf "
                               "(GGUF export writes float16)")
@@ -52,6 +59,9 @@ class FuseOptions:
 def fuse(model_path: Path, adapter: Path, out: Path, opts: FuseOptions | None = None,
          progress: Progress | None = None) -> Path:
     """Write base + adapter as a plain model directory at `out` (built beside it, renamed).
+
+    `opts.dtype` casts the float parameters (with `bits`: the scales and biases too);
+    None keeps the base's, except with `bits`, where it is the backend's fastest.
 
     Raises:
         ZephyrError: out exists (without force), bad options, or an adapter for another model.
@@ -84,6 +94,10 @@ def fuse(model_path: Path, adapter: Path, out: Path, opts: FuseOptions | None = 
         model = dequantize_model(model)
         config.pop("quantization", None)
         config.pop("quantization_config", None)
+    dtype = opts.dtype or (default_dtype() if opts.bits is not None else None)
+    if dtype is not None:
+        cast_floating(model, dtype)
+        config["torch_dtype"] = dtype
     if opts.bits is not None:
         step(2, total, "quantizing")
         model, config = quantize_model(model, config, opts.group_size, opts.bits)

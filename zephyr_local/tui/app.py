@@ -22,6 +22,7 @@ from textual.widgets import Footer, Markdown, Static
 
 from zephyr_local.errors import ZephyrError
 from zephyr_local.history import StoredMessage
+from zephyr_local.lookup import LookupOptions
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.tui.branches_mixin import BranchesMixin
 from zephyr_local.tui.commands import COMMANDS, parse_slash
@@ -52,6 +53,8 @@ class ChatConfig:
     context_budget: int | None = field(default=None, metadata={"help": "tokens; None = window"})
     history_path: str | Path | None = field(default=None,
                                             metadata={"help": "None = <home>/history.sqlite"})
+    lookup: LookupOptions = field(default_factory=LookupOptions,
+                                  metadata={"help": "prompt-lookup decoding"})
 
 
 DISCLAIMER = "Replies may be inaccurate. The model runs offline, on this machine."
@@ -143,7 +146,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         from zephyr_local.template import uses_own_template
 
         self.engine = engine
-        self.session = engine.session(self.config.context_budget)
+        self.session = engine.session(self.config.context_budget, self.config.lookup)
         loaded = engine.loaded
         name = f"{loaded.path.name} · {describe_quantization(loaded.quantization)}"
         if loaded.adapter_path:

@@ -1,4 +1,5 @@
-"""The status bar: model, backend, speed of the last reply, context gauge, memory."""
+"""The status bar: model, backend, speed and lookup acceptance of the last reply, context
+gauge, memory."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ class StatusBar(Static):
             parts += [
                 f"prefilled {s.prefilled_tokens} tok @ {s.prompt_tps:.0f} t/s",
                 f"gen {s.generation_tps:.1f} t/s",
+                *([f"lookup {s.accepted_tokens}/{s.draft_tokens} ({s.acceptance:.0%})"]
+                  if s.draft_tokens else []),
                 f"TTFT {s.ttft_s:.2f}s",
             ]
         used, budget = self.context
