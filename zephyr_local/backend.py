@@ -107,6 +107,14 @@ COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_DTYPES = {"cpu": "float32", "metal": "float16", "cuda": "float16"}
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory in GB (getrusage counts bytes on macOS, KiB on Linux)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1e9 if sys.platform == "darwin" else rss * 1024 / 1e9
+
+
 def default_dtype() -> str:
     """The dtype that quantize, fuse and import write by default: the backend's fastest."""
     return DEFAULT_DTYPES[backend_name()]

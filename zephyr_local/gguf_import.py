@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zephyr_local import gguf_tensors, gguf_tokenizer
+from zephyr_local import backend, gguf_tensors, gguf_tokenizer
+from zephyr_local.gguf_tokenizer import metadata_value
 from zephyr_local.atomic import atomic_dir, dir_size, human_bytes
 from zephyr_local.errors import ModelFormatError, ModelNotFoundError, ZephyrError
 
@@ -98,13 +99,6 @@ def unpermute(w, n_head: int):
     return w.reshape(n_head, rows // n_head // 2, 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
 
 
-def _meta(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
-
-
 def read_header(path: Path):
     """The `gguf` package's reader of `path` (memory-mapped), after the checks.
 
@@ -123,12 +117,12 @@ def read_header(path: Path):
         reader = gguf.GGUFReader(str(path))
     except (ValueError, OSError, IndexError) as exc:
         raise ModelFormatError(f"{path}: cannot read the GGUF ({exc})") from None
-    split = _meta(reader, "split.count", 1)
+    split = metadata_value(reader, "split.count", 1)
     if split and int(split) > 1:
         raise ModelFormatError(
             f"{path}: part of a GGUF split into {int(split)} files; merge them first "
             "(llama.cpp's `llama-gguf-split --merge`)")
-    arch = _meta(reader, "general.architecture")
+    arch = metadata_value(reader, "general.architecture")
     if arch not in ARCHITECTURES:
         raise ModelFormatError(
             f"{path}: architecture {arch!r} is not supported (import takes "
@@ -140,23 +134,23 @@ def _is_mistral(reader, arch: str) -> bool:
     """llama.cpp writes Mistral-7B (and so Zephyr) as `llama`; its name tells them apart."""
     if arch == "mistral":
         return True
-    names = " ".join(str(_meta(reader, k, "")) for k in ("general.name", "general.basename"))
+    names = " ".join(str(metadata_value(reader, k, "")) for k in ("general.name", "general.basename"))
     return bool(re.search(r"mistral|zephyr", names, re.IGNORECASE))
 
 
 def build_config(reader, tensor_names: set[str], dtype: str) -> dict:
     """config.json for mlx-lm (Hugging Face names) from the GGUF metadata and tensor names."""
-    arch = _meta(reader, "general.architecture")
+    arch = metadata_value(reader, "general.architecture")
 
     def key(name, default=None):
-        return _meta(reader, f"{arch}.{name}", default)
+        return metadata_value(reader, f"{arch}.{name}", default)
 
     required = ("embedding_length", "block_count", "feed_forward_length", "attention.head_count")
     for name in required:
         if key(name) is None:
             raise ModelFormatError(f"GGUF metadata has no {arch}.{name}")
     hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
-    tokens = _meta(reader, "tokenizer.ggml.tokens") or []
+    tokens = metadata_value(reader, "tokenizer.ggml.tokens") or []
     mistral = _is_mistral(reader, arch)
     config = {
         "architectures": ["MistralForCausalLM" if mistral else "LlamaForCausalLM"],
@@ -183,7 +177,7 @@ def build_config(reader, tensor_names: set[str], dtype: str) -> dict:
             raise ModelFormatError(f"GGUF rope scaling {scaling!r} is not supported (linear is)")
         config["rope_scaling"] = {"type": "linear", "factor": float(key("rope.scaling.factor"))}
     for name in ("bos_token_id", "eos_token_id"):
-        value = _meta(reader, f"tokenizer.ggml.{name}")
+        value = metadata_value(reader, f"tokenizer.ggml.{name}")
         if value is not None:
             config[name] = int(value)
     return config
@@ -250,7 +244,7 @@ def default_name(path: Path, reader) -> str:
     """The store name of an imported file: its file name without `.gguf`, made safe."""
     stem = path.name[: -len(".gguf")] if path.name.lower().endswith(".gguf") else path.name
     if re.fullmatch(r"sha256[-:][0-9a-f]{64}", stem):  # an ollama blob: use the model's name
-        stem = str(_meta(reader, "general.name", "imported")).replace(" ", "-")
+        stem = str(metadata_value(reader, "general.name", "imported")).replace(" ", "-")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "imported"
 
 
@@ -305,7 +299,7 @@ def import_gguf(
         (tmp / store.SOURCE_FILE).write_text(json.dumps(source, indent=2))
         report = ImportReport(
             source=origin or str(path), output=str(out), architecture=str(
-                _meta(reader, "general.architecture")), model_type=config["model_type"],
+                metadata_value(reader, "general.architecture")), model_type=config["model_type"],
             parameters=params, tensor_types=stats["types"], kept_quantized=stats["kept"],
             dequantized=stats["dequantized"], bits=(quantization or {}).get("bits"),
             dtype=dtype, source_bytes=path.stat().st_size, output_bytes=dir_size(tmp),
@@ -315,17 +309,9 @@ def import_gguf(
                 f"{stats['dequantized']} tensors of types MLX cannot keep quantized were "
                 f"dequantized to {dtype}: `zephyr-local quantize` makes them small again")
         report.seconds = round(time.perf_counter() - t0, 2)
-        report.peak_memory_gb = round(max(mx.get_peak_memory() / 1e9, _peak_rss_gb()), 3)
+        report.peak_memory_gb = round(max(mx.get_peak_memory() / 1e9, backend.peak_rss_gb()), 3)
         _write_card(tmp, report)
     return report
-
-
-def _peak_rss_gb() -> float:
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1e9 if sys.platform == "darwin" else rss * 1024 / 1e9
 
 
 def _write_card(dst: Path, r: ImportReport) -> None:

@@ -59,7 +59,8 @@ class TokenizerFiles:
     template: str  # the GGUF's own chat template: "zephyr", "other" or "none"
 
 
-def _field(reader, key, default=None):
+def metadata_value(reader, key: str, default=None):
+    """A GGUF metadata value (the `gguf` reader's field contents), or `default`."""
     f = reader.fields.get(key)
     return default if f is None else f.contents()
 
@@ -72,31 +73,31 @@ def template_kind(template: str | None) -> str:
 
 def write_tokenizer(reader, dst: Path) -> TokenizerFiles:
     """Write tokenizer.model or tokenizer.json, tokenizer_config.json, special_tokens_map.json."""
-    model = _field(reader, "tokenizer.ggml.model")
-    tokens = _field(reader, "tokenizer.ggml.tokens")
+    model = metadata_value(reader, "tokenizer.ggml.model")
+    tokens = metadata_value(reader, "tokenizer.ggml.tokens")
     if not tokens:
         raise ModelFormatError("the GGUF has no tokenizer vocabulary (tokenizer.ggml.tokens)")
-    types = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    types = metadata_value(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
     if model == "llama":
-        add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", True))
+        add_bos = bool(metadata_value(reader, "tokenizer.ggml.add_bos_token", True))
         _write_sentencepiece(reader, tokens, types, dst)
         kind, tokenizer_class = "sentencepiece", "LlamaTokenizer"
     elif model == "gpt2":
-        add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", False))
-        pre = _field(reader, "tokenizer.ggml.pre", "default")
+        add_bos = bool(metadata_value(reader, "tokenizer.ggml.add_bos_token", False))
+        pre = metadata_value(reader, "tokenizer.ggml.pre", "default")
         _write_bpe(reader, tokens, types, pre, add_bos, dst)
         kind, tokenizer_class = f"byte-level BPE ({pre})", "PreTrainedTokenizerFast"
     else:
         raise ModelFormatError(
             f"the GGUF's tokenizer {model!r} is not supported (llama sentencepiece and gpt2 "
             "byte-level BPE are)")
-    template = _field(reader, "tokenizer.chat_template")
+    template = metadata_value(reader, "tokenizer.chat_template")
     special = _special_tokens(reader, tokens)
     config = {
         "tokenizer_class": tokenizer_class,
         **special,
         "add_bos_token": add_bos,
-        "add_eos_token": bool(_field(reader, "tokenizer.ggml.add_eos_token", False)),
+        "add_eos_token": bool(metadata_value(reader, "tokenizer.ggml.add_eos_token", False)),
         "clean_up_tokenization_spaces": False,
         "model_max_length": int(_context_length(reader)),
     }
@@ -112,15 +113,15 @@ def write_tokenizer(reader, dst: Path) -> TokenizerFiles:
 
 
 def _context_length(reader) -> int:
-    arch = _field(reader, "general.architecture")
-    return int(_field(reader, f"{arch}.context_length", 4096))
+    arch = metadata_value(reader, "general.architecture")
+    return int(metadata_value(reader, f"{arch}.context_length", 4096))
 
 
 def _special_tokens(reader, tokens: list[str]) -> dict:
     special = {}
     for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
                       ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
-        idx = _field(reader, f"tokenizer.ggml.{key}")
+        idx = metadata_value(reader, f"tokenizer.ggml.{key}")
         if idx is not None and 0 <= int(idx) < len(tokens):
             special[name] = tokens[int(idx)]
     if "eos_token" not in special:
@@ -132,7 +133,7 @@ def _write_sentencepiece(reader, tokens, types, dst: Path) -> None:
     """tokenizer.model: a BPE sentencepiece model of the GGUF's pieces, scores and types."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    scores = _field(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
+    scores = metadata_value(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
     proto = pb.ModelProto()
     for piece, score, kind in zip(tokens, scores, types):
         entry = proto.pieces.add()
@@ -143,12 +144,12 @@ def _write_sentencepiece(reader, tokens, types, dst: Path) -> None:
     spec.byte_fallback = BYTE in types
     for name, key, default in (("unk_id", "unknown_token_id", 0), ("bos_id", "bos_token_id", 1),
                                ("eos_id", "eos_token_id", 2), ("pad_id", "padding_token_id", -1)):
-        setattr(spec, name, int(_field(reader, f"tokenizer.ggml.{key}", default)))
+        setattr(spec, name, int(metadata_value(reader, f"tokenizer.ggml.{key}", default)))
     if spec.pad_id in (spec.unk_id, spec.bos_id, spec.eos_id):
         spec.pad_id = -1  # Zephyr pads with EOS; sentencepiece wants distinct ids
     norm = proto.normalizer_spec
     norm.name = "identity"
-    norm.add_dummy_prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix", True))
+    norm.add_dummy_prefix = bool(metadata_value(reader, "tokenizer.ggml.add_space_prefix", True))
     norm.remove_extra_whitespaces = False
     norm.escape_whitespaces = True
     (dst / "tokenizer.model").write_bytes(proto.SerializeToString())
@@ -170,7 +171,7 @@ def _write_bpe(reader, tokens, types, pre: str, add_bos: bool, dst: Path) -> Non
         raise ModelFormatError(
             f"the GGUF's pre-tokenizer {pre!r} is not known to zephyr-local "
             f"(known: {', '.join(sorted(PRE_TOKENIZERS))})")
-    merges = _field(reader, "tokenizer.ggml.merges")
+    merges = metadata_value(reader, "tokenizer.ggml.merges")
     if not merges:
         raise ModelFormatError("the GGUF's BPE tokenizer has no merges (tokenizer.ggml.merges)")
     vocab = {tok: i for i, tok in enumerate(tokens)}
@@ -183,7 +184,7 @@ def _write_bpe(reader, tokens, types, pre: str, add_bos: bool, dst: Path) -> Non
              for tok, kind in zip(tokens, types) if kind in (CONTROL, USER_DEFINED)]
     tk.add_tokens(added)
     if add_bos:
-        bos = tokens[int(_field(reader, "tokenizer.ggml.bos_token_id"))]
+        bos = tokens[int(metadata_value(reader, "tokenizer.ggml.bos_token_id"))]
         tk.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
             special_tokens=[(bos, vocab[bos])])

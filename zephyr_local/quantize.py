@@ -11,16 +11,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import resource
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from zephyr_local.atomic import check_writable, replace_dir, temp_dir, writing
-from zephyr_local.backend import COMPUTE_DTYPES, default_dtype
+from zephyr_local.backend import COMPUTE_DTYPES, default_dtype, peak_rss_gb
 from zephyr_local.errors import ModelFormatError, ZephyrError
 from zephyr_local.quantize_files import copy_tokenizer_files, write_model_card
 
@@ -293,11 +291,6 @@ def _write_weights(weights: dict, parameters: int, dst: Path, progress: Progress
     return written
 
 
-def _peak_rss_gb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1e9 if sys.platform == "darwin" else rss * 1024 / 1e9  # bytes vs KiB
-
-
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -359,7 +352,7 @@ def _build(p: _Plan, tmp: Path, opts: QuantizeOptions, start: float, eval_progre
     del model  # the flat dict alone holds the arrays: writing a shard frees it
     stats["bytes"] = _write_weights(weights, stats["parameters"], tmp, progress)
     stats["seconds"] = time.perf_counter() - start
-    stats["rss"], stats["mlx"] = _peak_rss_gb(), mx.get_peak_memory() / 1e9
+    stats["rss"], stats["mlx"] = peak_rss_gb(), mx.get_peak_memory() / 1e9
     copy_tokenizer_files(p.source, tmp)
     if "torch_dtype" in qconfig:
         qconfig["torch_dtype"] = opts.dtype
@@ -391,7 +384,7 @@ def _report(p: _Plan, tmp: Path, opts: QuantizeOptions, stats: dict, quality,
         quantized_parameters=sum(n for _, n in stats["by_bits"].values()),
         seconds=round(seconds, 2), quantize_seconds=round(stats["seconds"], 2),
         quantize_peak_rss_gb=round(stats["rss"], 3), quantize_peak_mlx_gb=round(stats["mlx"], 3),
-        peak_rss_gb=round(_peak_rss_gb(), 3), peak_mlx_gb=round(mx.get_peak_memory() / 1e9, 3),
+        peak_rss_gb=round(peak_rss_gb(), 3), peak_mlx_gb=round(mx.get_peak_memory() / 1e9, 3),
         quality=quality.as_dict() if quality else None, tool_version=tool, mlx_lm_version=mlx_lm,
     )
 
