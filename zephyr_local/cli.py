@@ -494,7 +494,7 @@ def import_cmd(ctx, source, name, out, dtype, dequantize, force, as_json) -> Non
         path, default = ollama_store.find_gguf(source), ollama_store.store_name(source)
     else:
         path = Path(source).expanduser()
-        default = gguf_import.default_name(path, gguf_import.read_header(path))
+        default = gguf_import.default_name(path)
     target = Path(out) if out else _store(ctx) / (name or default)
     with display.ProgressBars() as bars:
         report = gguf_import.import_gguf(

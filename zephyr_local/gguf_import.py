@@ -27,7 +27,6 @@ from zephyr_local.errors import ModelFormatError, ModelNotFoundError, ZephyrErro
 ARCHITECTURES = ("llama", "mistral")
 GROUP_SIZE = gguf_tensors.GROUP_SIZE
 SHARD_BYTES = 2 << 30
-DTYPES = ("float32", "float16", "bfloat16")
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -134,7 +133,8 @@ def _is_mistral(reader, arch: str) -> bool:
     """llama.cpp writes Mistral-7B (and so Zephyr) as `llama`; its name tells them apart."""
     if arch == "mistral":
         return True
-    names = " ".join(str(metadata_value(reader, k, "")) for k in ("general.name", "general.basename"))
+    keys = ("general.name", "general.basename")
+    names = " ".join(str(metadata_value(reader, k, "")) for k in keys)
     return bool(re.search(r"mistral|zephyr", names, re.IGNORECASE))
 
 
@@ -240,11 +240,15 @@ def _quantization_block(layer_bits: dict) -> dict | None:
     return block
 
 
-def default_name(path: Path, reader) -> str:
-    """The store name of an imported file: its file name without `.gguf`, made safe."""
+def default_name(path: Path) -> str:
+    """The store name of an imported file: its file name without `.gguf`, made safe.
+
+    An ollama blob (`sha256-<hex>`) has no useful file name: the model's own name is
+    read from its header instead (only then, as that reads the whole vocabulary).
+    """
     stem = path.name[: -len(".gguf")] if path.name.lower().endswith(".gguf") else path.name
-    if re.fullmatch(r"sha256[-:][0-9a-f]{64}", stem):  # an ollama blob: use the model's name
-        stem = str(metadata_value(reader, "general.name", "imported")).replace(" ", "-")
+    if re.fullmatch(r"sha256[-:][0-9a-f]{64}", stem):
+        stem = str(metadata_value(read_header(path), "general.name", "imported")).replace(" ", "-")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "imported"
 
 
@@ -273,8 +277,9 @@ def import_gguf(
 
     from zephyr_local import store
 
-    if dtype not in DTYPES:
-        raise ZephyrError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype not in backend.COMPUTE_DTYPES:
+        raise ZephyrError(
+            f"--dtype {dtype!r} is not one of {', '.join(backend.COMPUTE_DTYPES)}")
     path, out = Path(path).expanduser(), Path(out).expanduser()
     if out.exists() and not force:
         raise ZephyrError(f"{out} already exists: pass --force to replace it")
