@@ -3,8 +3,10 @@
 One generator of `Response` records feeds the CLI, the TUI, the benchmarks and
 the tests. mlx-lm supplies the model, the KV cache, the sampler and the decode
 loop (`generate_step`); this module adds what it lacks: conversation state with
-cache reuse across turns (trimmed to the common prefix), cancellation from
-another thread, the statistics of every reply, and one thread for all MLX work.
+cache reuse across turns (trimmed to the common prefix) and across runs (a
+saved cache, kv_store.py), an optionally quantized KV cache (`kv_bits`),
+cancellation from another thread, the statistics of every reply, and one
+thread for all MLX work.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from zephyr_local import loading, lookup, store
+from zephyr_local import kv_layout, kv_store, loading, lookup, store
 from zephyr_local.lookup import LookupCounts, LookupOptions
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.template import eos_id, fit_to_budget
@@ -36,6 +38,8 @@ class ReplyStats:
     dropped_turns: int = 0  # turns cut to fit the context budget
     draft_tokens: int = 0  # tokens proposed by prompt lookup
     accepted_tokens: int = 0  # of those, kept (each saved a forward pass)
+    reused_tokens: int = 0  # prompt tokens whose keys and values came from a cache
+    loaded_tokens: int = 0  # of those, read from a saved cache file (a resumed conversation)
 
     @property
     def acceptance(self) -> float | None:
@@ -70,6 +74,7 @@ class Engine:
     def __init__(self, loaded: loading.LoadedModel, worker: MLXThread):
         self.loaded = loaded
         self.worker = worker
+        self._identities: dict[int | None, dict[str, str]] = {}
 
     @classmethod
     def load(
@@ -98,10 +103,18 @@ class Engine:
         return self.loaded.context_window
 
     def session(
-        self, context_budget: int | None = None, lookup: LookupOptions | None = None
+        self, context_budget: int | None = None, lookup: LookupOptions | None = None,
+        kv_bits: int | None = None,
     ) -> ChatSession:
-        """A conversation; `lookup` sets prompt-lookup decoding (default: on)."""
-        return ChatSession(self, context_budget or self.context_window, lookup)
+        """A conversation; `lookup` sets prompt-lookup decoding (default: on), `kv_bits`
+        (4 or 8) quantizes its KV cache (mlx-lm's QuantizedKVCache)."""
+        return ChatSession(self, context_budget or self.context_window, lookup, kv_bits)
+
+    def cache_identity(self, kv_bits: int | None = None) -> dict[str, str]:
+        """What a saved KV cache must match to be reused by this model (kv_store.identity)."""
+        if kv_bits not in self._identities:
+            self._identities[kv_bits] = kv_store.identity(self.loaded, kv_bits)
+        return self._identities[kv_bits]
 
     def close(self) -> None:
         self.worker.close()
@@ -110,13 +123,19 @@ class Engine:
 class ChatSession:
     """A conversation with the model that keeps its KV cache between replies."""
 
-    def __init__(self, engine: Engine, context_budget: int, lookup: LookupOptions | None = None):
+    def __init__(self, engine: Engine, context_budget: int, lookup: LookupOptions | None = None,
+                 kv_bits: int | None = None):
         self.engine = engine
         self.context_budget = context_budget
         self.lookup = lookup or LookupOptions()
+        self.kv_bits = kv_bits
+        self._group_size = kv_store.group_size_for(engine.loaded.config, kv_bits)
         self._cancel = threading.Event()
         self._cache = None  # mlx-lm prompt cache, made on the MLX thread
         self._cached_ids: list[int] = []  # the tokens the cache holds, in order
+        self._saved: tuple[kv_store.KVStore, str | None] | None = None  # keep_cache's store, key
+        self._saved_from: kv_store.Candidate | None = None  # the saved cache last loaded
+        self._loaded = 0  # prompt tokens of the current reply read from a saved cache
 
     @property
     def cached_tokens(self) -> int:
@@ -125,6 +144,17 @@ class ChatSession:
     def cancel(self) -> None:
         """Stop the reply in progress after at most one more token (any thread)."""
         self._cancel.set()
+
+    def keep_cache(self, saved: kv_store.KVStore | None, key: str | None = None) -> None:
+        """Save the KV cache to `saved` after every reply, and resume from it.
+
+        Before a reply, a saved cache that shares more of the prompt than the one in
+        memory replaces it (a reopened conversation, a restarted app). `key` names the
+        conversation's own file; None looks for the saved cache with the longest common
+        prefix and saves under a content address. `saved=None` turns it off.
+        """
+        self._saved = (saved, key) if saved is not None and saved.enabled else None
+        self._saved_from = None
 
     def reply(self, messages: Sequence[dict], options: SamplingOptions | None = None) -> Iterator[Response]:
         """Stream the assistant's reply to a conversation.
@@ -159,19 +189,50 @@ class ChatSession:
 
     def _reuse_cache(self, ids: list[int]) -> int:
         """Trim the cache to its common prefix with `ids`; return the tokens kept."""
-        from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+        from mlx_lm.models.cache import trim_prompt_cache
 
         if self._cache is None:
-            self._cache = make_prompt_cache(self.engine.loaded.model)
+            self._cache = kv_layout.new_cache(self.engine.loaded.model, self.kv_bits,
+                                              self._group_size)
             self._cached_ids = []
         # At least one prompt token must be fed to get the next token's logits.
         keep = min(common_prefix_len(self._cached_ids, ids), len(ids) - 1)
+        self._loaded = 0
+        if self._saved is not None and keep < len(ids) - 1:
+            keep = max(keep, self._load_saved(ids, keep))
         excess = self._cache[0].offset - keep
         if excess > 0 and trim_prompt_cache(self._cache, excess) != excess:
             self._drop_cache()  # an untrimmable cache: rebuild
             return self._reuse_cache(ids)
         self._cached_ids = ids[:keep]
         return keep
+
+    def _load_saved(self, ids: list[int], in_memory: int) -> int:
+        """Replace the cache by the saved one if it holds more of `ids`; return its share."""
+        saved, key = self._saved
+        loaded, ident = self.engine.loaded, self.engine.cache_identity(self.kv_bits)
+        found = saved.find(ident, ids, len(self._cache), loaded.config, key)
+        usable = min(found.common, len(ids) - 1) if found else 0
+        if usable <= in_memory:
+            return 0
+        cache = saved.load(found, ident, loaded.config)
+        if cache is None:
+            return 0
+        self._cache, self._cached_ids, self._saved_from = cache, found.tokens, found
+        self._loaded = usable
+        return usable
+
+    def _save_cache(self) -> None:
+        """Write the cache to the store keep_cache named (runs after the final record)."""
+        if self._saved is None or self._cache is None or not self._cached_ids:
+            return
+        saved, key = self._saved
+        ident = self.engine.cache_identity(self.kv_bits)
+        tokens = self._cached_ids
+        path = saved.save(key or kv_store.tokens_key(ident, tokens), self._cache, tokens, ident)
+        if key is None and self._saved_from is not None:
+            saved.drop_superseded(self._saved_from, path)
+        self._saved_from = kv_store.Candidate(path, list(tokens), 0) if path else None
 
     def _run(self, ids: list[int], options: SamplingOptions, dropped_turns: int) -> Iterator[Response]:
         """The decode loop; runs on the MLX thread."""
@@ -230,8 +291,11 @@ class ChatSession:
             dropped_turns=dropped_turns,
             draft_tokens=counts.draft_tokens,
             accepted_tokens=counts.accepted_tokens,
+            reused_tokens=keep,
+            loaded_tokens=self._loaded,
         )
         yield Response(detok.last_segment, None, finish, stats)
+        self._save_cache()  # after the final record: the consumer has the reply already
 
     def _token_ids(self, ids: list[int], keep: int, options: SamplingOptions, max_new: int,
                    counts: LookupCounts) -> Iterator[int]:

@@ -22,6 +22,15 @@ def read_header(path: str | os.PathLike) -> dict:
     Raises:
         ModelFormatError: the file is not safetensors, or is truncated.
     """
+    return read_header_and_metadata(path)[0]
+
+
+def read_header_and_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
+    """The tensor table of a safetensors file and its `__metadata__` (string to string).
+
+    Raises:
+        ModelFormatError: the file is not safetensors, or is truncated.
+    """
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as fh:
@@ -37,7 +46,9 @@ def read_header(path: str | os.PathLike) -> dict:
             raise ModelFormatError(f"{path}: corrupt safetensors header (not JSON)") from None
     if not isinstance(header, dict):
         raise ModelFormatError(f"{path}: corrupt safetensors header")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise ModelFormatError(f"{path}: corrupt safetensors metadata")
     end = 0
     for name, entry in header.items():
         try:
@@ -49,4 +60,4 @@ def read_header(path: str | os.PathLike) -> dict:
             f"{path}: truncated: the header promises {8 + n + end} bytes, the file has {size}"
             " (re-download it with `zephyr-local pull`)"
         )
-    return header
+    return header, metadata
