@@ -110,6 +110,27 @@ def lookup_options(f):
                              "conversation's own tokens).")(f)
 
 
+def kv_cache_options(f):
+    """The KV-cache flags shared by `generate` and `chat`."""
+    from zephyr_local.kv_store import DEFAULT_MAX_GB, MAX_GB_ENV
+
+    f = click.option("--kv-cache-max-gb", type=Finite(min=0), default=None,
+                     help=f"Cap on all saved KV caches, least recently used evicted first "
+                          f"(default: ${MAX_GB_ENV}, else {DEFAULT_MAX_GB:g}); 0 saves none.")(f)
+    return click.option("--kv-bits", type=click.Choice(["4", "8"]), default=None,
+                        help="Quantize the KV cache (mlx-lm's QuantizedKVCache, group 64): "
+                             "smaller saved caches, less memory for long chats.")(f)
+
+
+def kv_cache_from(kwargs: dict) -> tuple[int | None, float | None]:
+    """(kv_bits, kv_cache_max_gb) from the flags; the cap is checked here (env var too)."""
+    from zephyr_local.kv_store import max_bytes
+
+    bits, cap = kwargs.pop("kv_bits"), kwargs.pop("kv_cache_max_gb")
+    max_bytes(cap)
+    return (int(bits) if bits else None), cap
+
+
 def lookup_from(kwargs: dict):
     from zephyr_local.lookup import LookupOptions
 
@@ -205,6 +226,7 @@ def tokenize(ctx, model, messages_file, text, no_generation_prompt) -> None:
                    "best passages.")
 @sampling_options
 @lookup_options
+@kv_cache_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print only JSON on stdout: one object with the text and statistics.")
 @click.option("--json-stream", is_flag=True,
@@ -214,9 +236,13 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
              attach, as_json, json_stream, **kwargs) -> None:
     """Stream Zephyr's reply to a prompt; `-` (or `--prompt -`) reads the prompt from stdin.
 
+    With --messages the KV cache is saved after the reply, and the saved cache that
+    shares the longest start with the conversation is reused: only new tokens are read.
+
     Example: zephyr-local generate -m zephyr-test --temp 0 --prompt "Write a haiku"
     """
     options, lookup = sampling_from(kwargs), lookup_from(kwargs)
+    kv_bits, kv_cap = kv_cache_from(kwargs)
     messages = _prompt_messages(prompt, stdin_prompt, messages_file, system)
     from zephyr_local.engine import Engine
     from zephyr_local.template import uses_own_template
@@ -225,7 +251,15 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
     notice = uses_own_template(engine.tokenizer)
     if notice:
         click.secho(f"Note: {notice}.", err=True, dim=True)
-    session = engine.session(context_budget, lookup)
+    try:
+        session = engine.session(context_budget, lookup, kv_bits)
+    except BaseException:
+        engine.close()
+        raise
+    if messages_file is not None:
+        from zephyr_local.kv_store import KVStore
+
+        session.keep_cache(KVStore.beside(None, kv_cap))  # content-addressed, beside history
     parts, last, record = [], None, {}
     try:
         if attach:
@@ -286,8 +320,10 @@ def _prompt_messages(prompt, stdin_prompt, messages_file, system) -> list[dict]:
 
 
 def _stats_line(s) -> str:
+    resumed = f", {s.loaded_tokens} from the saved cache" if s.loaded_tokens else ""
     return (
-        f"prompt {s.prompt_tokens} tok ({s.prefilled_tokens} prefilled) {s.prompt_tps:.1f} tok/s"
+        f"prompt {s.prompt_tokens} tok ({s.prefilled_tokens} prefilled{resumed})"
+        f" {s.prompt_tps:.1f} tok/s"
         f" | generation {s.generation_tokens} tok {s.generation_tps:.1f} tok/s"
         f" | ttft {s.ttft_s:.2f}s | peak {s.peak_memory_gb:.2f} GB"
         + (f" | lookup {s.accepted_tokens}/{s.draft_tokens} accepted" if s.draft_tokens else "")
