@@ -287,3 +287,13 @@ def test_kv_bits_are_checked(engine):
     assert kv_store.group_size_for({"head_dim": 32}, 4) == 32
     with pytest.raises(ZephyrError, match="divisible"):
         kv_store.group_size_for({"head_dim": 24}, 4)
+
+
+def test_quantized_cache_barely_moves_the_next_token_distribution(engine):
+    from zephyr_local.bench.kv_resume import long_conversation, next_token_kl
+
+    ids = template.encode(engine.tokenizer, long_conversation(engine.tokenizer, 600))
+    kl8 = next_token_kl(engine, ids, 8, positions=32)
+    kl4 = next_token_kl(engine, ids, 4, positions=32)
+    assert 0 < kl8["mean_kl"] < 1e-3 and kl8["top1_agreement"] >= 0.9
+    assert kl8["mean_kl"] < kl4["mean_kl"] < 0.1
