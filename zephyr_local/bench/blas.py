@@ -25,7 +25,7 @@ ids = filler_ids(engine.tokenizer, int(sys.argv[2]))
 _ours(engine, ids, 4)
 out = _ours(engine, ids, int(sys.argv[3]))
 engine.close()
-from zephyr_local.train.bench import dpo_step_benchmark
+from zephyr_local.bench.dpo import dpo_step_benchmark
 dpo = dpo_step_benchmark(sys.argv[1], batch_size=1, max_length=128, steps=2)["ours"]
 out["dpo_step_s"] = dpo["best_step_s"]
 out["blas"] = backend.blas()[0]

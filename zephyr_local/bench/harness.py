@@ -98,7 +98,7 @@ def _case_fns() -> dict[str, Callable]:
 
     def dpo(engine, model, s, run):
         from zephyr_local.testmodel import create_test_model
-        from zephyr_local.train.bench import dpo_case
+        from zephyr_local.bench.dpo import dpo_case
 
         steps = (s["dpo_steps"], s["dpo_max_length"], s["dpo_batch_pairs"])
         if run.model_given:

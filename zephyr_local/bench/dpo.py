@@ -3,7 +3,7 @@ chosen+rejected) against the naive one (a second loaded copy of the model as the
 reference, four forward passes per step), on the same model and batch.
 
 `dpo_step_benchmark(model_path)` returns both designs' time per step and peak
-memory; the benchmark harness calls it, and `python -m zephyr_local.train.bench
+memory; the benchmark harness calls it, and `python -m zephyr_local.bench.dpo
 MODEL` prints it as JSON.
 """
 
@@ -22,6 +22,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 
 from zephyr_local import loading
+from zephyr_local.bench.common import CaseResult, ratio
 from zephyr_local.train.config import DataConfig, LoRAConfig, TrainConfig
 from zephyr_local.train.data import collate, load_dataset
 from zephyr_local.train.logprobs import sequence_logps
@@ -130,8 +131,6 @@ def dpo_case(model_path, steps: int = 3, max_length: int = 256, batch_size: int 
     directory name). Skipped, saying why, when the naive design's second copy of the
     weights would not fit in memory.
     """
-    from zephyr_local.bench.common import CaseResult, ratio
-
     label = label or Path(model_path).name
     too_big = _does_not_fit(Path(model_path))
     if too_big:
