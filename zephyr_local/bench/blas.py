@@ -19,11 +19,11 @@ import zephyr_local
 from zephyr_local import backend
 from zephyr_local.engine import Engine
 from zephyr_local.bench.common import filler_ids
-from zephyr_local.bench.generation import _ours
+from zephyr_local.bench.generation import reply_stats
 engine = Engine.load(sys.argv[1])
 ids = filler_ids(engine.tokenizer, int(sys.argv[2]))
-_ours(engine, ids, 4)
-out = _ours(engine, ids, int(sys.argv[3]))
+reply_stats(engine, ids, 4)
+out = reply_stats(engine, ids, int(sys.argv[3]))
 engine.close()
 from zephyr_local.bench.dpo import dpo_step_benchmark
 dpo = dpo_step_benchmark(sys.argv[1], batch_size=1, max_length=128, steps=2)["ours"]

@@ -9,7 +9,9 @@ from zephyr_local.engine import Engine
 from zephyr_local.sampling import SamplingOptions
 
 
-def _ours(engine: Engine, ids: list[int], max_tokens: int) -> dict:
+def reply_stats(engine: Engine, ids: list[int], max_tokens: int) -> dict:
+    """One greedy reply of zephyr-local's engine to prompt `ids` (a fresh session):
+    prompt and generation tok/s, TTFT and tokens generated, from its ReplyStats."""
     opts = SamplingOptions(temperature=0.0, max_tokens=max_tokens)
     last = None
     for last in engine.session(context_budget=len(ids) + max_tokens + 8).reply_to_ids(ids, opts):
@@ -23,7 +25,8 @@ def decode_tps(engine: Engine, *, prompt_length: int = 32, max_tokens: int, repe
     """Our generation tok/s on a short prompt, best of `repeats` (for the hardware case
     when the generation case did not run)."""
     ids = filler_ids(engine.tokenizer, prompt_length)
-    return max(_ours(engine, ids, max_tokens)["generation_tps"] for _ in range(max(repeats, 1)))
+    runs = max(repeats, 1)
+    return max(reply_stats(engine, ids, max_tokens)["generation_tps"] for _ in range(runs))
 
 
 def _mlx_lm(engine: Engine, ids: list[int], max_tokens: int) -> dict:
@@ -45,13 +48,13 @@ def _mlx_lm(engine: Engine, ids: list[int], max_tokens: int) -> dict:
 def generation_case(engine: Engine, *, prompt_lengths, max_tokens: int, repeats: int) -> CaseResult:
     """Case 1: prompt tok/s, generation tok/s and TTFT, ours vs mlx-lm, alternating runs."""
     result = CaseResult("generation")
-    _ours(engine, filler_ids(engine.tokenizer, 16), 4)  # warm-up both paths
+    reply_stats(engine, filler_ids(engine.tokenizer, 16), 4)  # warm-up both paths
     _mlx_lm(engine, filler_ids(engine.tokenizer, 16), 4)
     for n in prompt_lengths:
         ids = filler_ids(engine.tokenizer, n)
         runs = {"zephyr-local": [], "mlx-lm": []}
         for i in range(repeats):
-            order = (("zephyr-local", _ours), ("mlx-lm", _mlx_lm))
+            order = (("zephyr-local", reply_stats), ("mlx-lm", _mlx_lm))
             for name, fn in order if i % 2 == 0 else order[::-1]:
                 runs[name].append(fn(engine, ids, max_tokens))
         meds = {name: {k: median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}

@@ -63,7 +63,7 @@ def decode_7b(path, max_tokens: int = 32) -> dict:
     """Decode tok/s of the 7B-shaped 4-bit model (made by the quantize case) vs its ceiling."""
     from zephyr_local.backend import backend_name
     from zephyr_local.bench.common import filler_ids
-    from zephyr_local.bench.generation import _ours
+    from zephyr_local.bench.generation import reply_stats
     from zephyr_local.engine import Engine
 
     if backend_name() == "cpu":
@@ -73,7 +73,7 @@ def decode_7b(path, max_tokens: int = 32) -> dict:
         return {"skipped": "no 7B 4-bit model: run the quantize case first (full mode)"}
     engine = Engine.load(str(path))
     try:
-        tps = _ours(engine, filler_ids(engine.tokenizer, 32), max_tokens)["generation_tps"]
+        tps = reply_stats(engine, filler_ids(engine.tokenizer, 32), max_tokens)["generation_tps"]
         per_token = weight_bytes_per_token(engine.loaded.model)
         bw = engine.worker.call(read_bandwidth_gbs, 1024)
     finally:
