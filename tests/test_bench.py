@@ -55,6 +55,8 @@ def test_harness_writes_results(test_model, tmp_path, tiny_mode):
     assert all(t["prefilled"] == t["prompt_tokens"] for t in rebuild)
     hw = cases["hardware limit"]["details"]
     assert hw["read_bandwidth_gb_s"] > 0 and hw["ceiling_tok_s"] > 0
+    # The hardware case reuses the generation case's decode reading (shortest prompt).
+    assert hw["decode_tok_s"] == gen["details"]["prompt_16"]["zephyr-local"]["generation_tps"]
     blas = cases["linux-cpu-blas"]
     assert blas["skipped"] or len(blas["ratios"]) == 3
     chat = cases["chat UI"]["ratios"][0]
@@ -70,6 +72,31 @@ def test_harness_writes_results(test_model, tmp_path, tiny_mode):
     assert "| generation | prompt tok/s, 16-token prompt |" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["json"].name.endswith("-cpu.json")
+
+
+def test_every_registered_case_resolves_and_is_listed_in_help(run_cli):
+    from zephyr_local.bench.cases import CASES, MODES
+
+    assert list(CASES) == ["generation", "multiturn", "chat-ui", "quantize", "hardware", "blas",
+                           "dpo", "dtype", "retrieval", "distributed", "lookup"]
+    for case in CASES.values():
+        assert callable(case.load()), case.name
+        assert set(case.modes) <= set(MODES)
+        assert bool(case.skipped) == (set(case.modes) != set(MODES))  # a reason where skipped
+    r = run_cli("bench", "--help")
+    text = " ".join(r.stdout.split())
+    assert r.exit_code == 0
+    assert "generation, multiturn, chat-ui, quantize, hardware, blas, dpo, dtype, retrieval, " \
+           "distributed, lookup (quantize, distributed: --full only)" in text
+
+
+def test_a_case_outside_its_modes_is_skipped_without_running():
+    from zephyr_local.bench.cases import Case, Context
+
+    case = Case("x", "x case", "no.such.module:fn", ("full",), "full mode only")
+    ctx = Context(None, "", "quick", {}, False, lambda: Path("."))
+    result = case.run(ctx)
+    assert (result.name, result.skipped, result.ratios) == ("x case", "full mode only", [])
 
 
 def test_bench_rejects_unknown_case(run_cli, tmp_path):

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult, median, ratio
 
 PROBE = """
@@ -36,7 +37,7 @@ print(json.dumps(out))
 def _probe(model: str, n: int, max_tokens: int, blas: str) -> dict:
     env = {**os.environ, "ZEPHYR_LOCAL_BLAS": blas}
     out = subprocess.run([sys.executable, "-c", PROBE, model, str(n), str(max_tokens)],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         capture_output=True, text=True, env=env, timeout=600, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"BLAS probe failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -66,7 +67,12 @@ def blas_case(model: str, *, prompt_length: int, max_tokens: int, repeats: int) 
             med["openblas"][metric], med["reference"][metric], "bundled reference BLAS",
             higher_is_better=True, goal=None, unit="tok/s"))
     result.ratios.append(ratio(
-        "linux-cpu-blas", "DPO step (1 pair x 128 tokens), test model", med["openblas"]["dpo_step_s"],
-        med["reference"]["dpo_step_s"], "bundled reference BLAS", higher_is_better=False,
-        goal=None, unit="s"))
+        "linux-cpu-blas", "DPO step (1 pair x 128 tokens), test model",
+        med["openblas"]["dpo_step_s"], med["reference"]["dpo_step_s"], "bundled reference BLAS",
+        higher_is_better=False, goal=None, unit="s"))
     return result
+
+
+def run_blas(ctx: Context) -> CaseResult:
+    return blas_case(ctx.model, prompt_length=512, max_tokens=ctx.settings["max_tokens"],
+                     repeats=ctx.settings["blas_repeats"])

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult, median, ratio
 
 PROMPT = "Write a long story about a lighthouse keeper."
@@ -109,6 +110,11 @@ def chat_ui_case(engine, model: str, *, max_tokens: int, repeats: int) -> CaseRe
     r.met = r.ratio >= 0.95
     result.ratios.append(r)
     return result
+
+
+def run_chat_ui(ctx: Context) -> CaseResult:
+    return chat_ui_case(ctx.engine, ctx.model, max_tokens=ctx.settings["chat_tokens"],
+                        repeats=ctx.settings["repeats"])
 
 
 def main() -> None:

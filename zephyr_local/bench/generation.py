@@ -1,10 +1,13 @@
-"""Cases 1, 2 and 7: generation against mlx-lm, multi-turn cache reuse, OpenBLAS on/off."""
+"""Cases 1 and 2: generation against mlx-lm, multi-turn cache reuse against re-prefill."""
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
-from zephyr_local.bench.common import CaseResult, filler_ids, median, ratio
+from zephyr_local.bench.cases import Context
+from zephyr_local.bench.common import CaseResult, filler_ids, median, random_model, ratio
 from zephyr_local.engine import Engine
 from zephyr_local.sampling import SamplingOptions
 
@@ -73,7 +76,17 @@ def generation_case(engine: Engine, *, prompt_lengths, max_tokens: int, repeats:
     return result
 
 
-def _conversation_ttfts(engine: Engine, turns: int, user_text: str, opts, reuse: bool) -> list[dict]:
+def run_generation(ctx: Context) -> CaseResult:
+    s = ctx.settings
+    result = generation_case(ctx.engine, prompt_lengths=s["prompt_lengths"],
+                             max_tokens=s["max_tokens"], repeats=s["repeats"])
+    ctx.decode_tok_s = result.details[f"prompt_{s['prompt_lengths'][0]}"]["zephyr-local"][
+        "generation_tps"]
+    return result
+
+
+def _conversation_ttfts(engine: Engine, turns: int, user_text: str, opts,
+                        reuse: bool) -> list[dict]:
     """Play a growing conversation; per turn, TTFT with one kept session or a fresh one."""
     session = engine.session()
     messages = [{"role": "system", "content": "You are a helpful assistant."}]
@@ -83,7 +96,8 @@ def _conversation_ttfts(engine: Engine, turns: int, user_text: str, opts, reuse:
         # The naive design: a fresh cache every turn, the whole history prefilled again.
         records = list((session if reuse else engine.session()).reply(messages, opts))
         s = records[-1].stats
-        out.append({"ttft_s": s.ttft_s, "prefilled": s.prefilled_tokens, "prompt_tokens": s.prompt_tokens})
+        out.append({"ttft_s": s.ttft_s, "prefilled": s.prefilled_tokens,
+                    "prompt_tokens": s.prompt_tokens})
         messages.append({"role": "assistant", "content": "".join(r.text for r in records)})
     return out
 
@@ -105,7 +119,8 @@ def multiturn_case(engine: Engine, *, turns: int, user_tokens: int, reply_tokens
             plays[reuse].append(_conversation_ttfts(engine, turns, user_text, opts, reuse))
 
     def per_turn(runs):
-        return [{**runs[0][t], "ttft_s": median(r[t]["ttft_s"] for r in runs)} for t in range(turns)]
+        return [{**runs[0][t], "ttft_s": median(r[t]["ttft_s"] for r in runs)}
+                for t in range(turns)]
 
     reuse, rebuild = per_turn(plays[True]), per_turn(plays[False])
     result.details = {"cache_reuse": reuse, "re_prefill": rebuild, "repeats": repeats}
@@ -113,8 +128,27 @@ def multiturn_case(engine: Engine, *, turns: int, user_tokens: int, reply_tokens
         ratio("multi-turn", f"turn {turns} TTFT vs turn 1 TTFT (goal: within 1.5x)",
               reuse[-1]["ttft_s"], reuse[0]["ttft_s"], "turn 1", higher_is_better=False,
               goal=round(1 / 1.5, 3), unit="s"),
-        ratio("multi-turn", f"turn {turns} TTFT, cache reuse vs re-prefill", reuse[-1]["ttft_s"],
-              rebuild[-1]["ttft_s"], "re-prefill every turn", higher_is_better=False, goal=None,
-              unit="s"),
+        ratio("multi-turn", f"turn {turns} TTFT, cache reuse vs re-prefill",
+              reuse[-1]["ttft_s"], rebuild[-1]["ttft_s"], "re-prefill every turn",
+              higher_is_better=False, goal=None, unit="s"),
     ]
+    return result
+
+
+def run_multiturn(ctx: Context) -> CaseResult:
+    """On the run's model, or (`multiturn_dims`, full mode) on a random model whose
+    weights, not attention, dominate prefill, as in Zephyr-7B."""
+    s = ctx.settings
+    kw = {"turns": s["turns"], "user_tokens": s["user_tokens"],
+          "reply_tokens": s["reply_tokens"], "repeats": s["repeats"]}
+    if not s["multiturn_dims"]:
+        return multiturn_case(ctx.engine, **kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = random_model(Path(tmp) / "m", s["multiturn_dims"])
+        big = Engine.load(str(path))
+        try:
+            result = multiturn_case(big, **kw)
+        finally:
+            big.close()
+    result.details["model_dims"] = s["multiturn_dims"]
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult
 
 
@@ -96,4 +97,20 @@ def hardware_case(engine, decode_tps: float, *, megabytes: int) -> CaseResult:
     result.details = {"read_bandwidth_gb_s": bw, "weight_bytes_per_token": per_token,
                       "ceiling_tok_s": ceiling, "decode_tok_s": decode_tps,
                       "fraction_of_ceiling": decode_tps / ceiling if ceiling else 0.0}
+    return result
+
+
+def run_hardware(ctx: Context) -> CaseResult:
+    """With the generation case's decode reading; alone (`--case hardware`) it measures
+    decode itself rather than report 0 tok/s."""
+    from zephyr_local.bench.generation import decode_tps
+
+    s = ctx.settings
+    tps = ctx.decode_tok_s or decode_tps(ctx.engine, max_tokens=s["max_tokens"],
+                                         repeats=s["repeats"])
+    result = hardware_case(ctx.engine, tps, megabytes=s["bandwidth_mb"])
+    if s["quantize_7b"]:
+        from zephyr_local.bench.quantize7b import quantized_path
+
+        result.details["zephyr_7b_4bit"] = decode_7b(quantized_path(ctx.cache_dir()))
     return result
