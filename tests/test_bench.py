@@ -54,6 +54,11 @@ def test_harness_writes_results(test_model, tmp_path, tiny_mode):
     assert all(t["prefilled"] < t["prompt_tokens"] for t in turns[1:])
     rebuild = cases["multi-turn"]["details"]["re_prefill"]
     assert all(t["prefilled"] == t["prompt_tokens"] for t in rebuild)
+    # multiturn_dims set: measured on a random model, and the metrics say so.
+    assert [r["metric"] for r in cases["multi-turn"]["ratios"]] == [
+        "turn 3 TTFT vs turn 1 TTFT (goal: within 1.5x), random 2-layer 128-wide model",
+        "turn 3 TTFT, cache reuse vs re-prefill, random 2-layer 128-wide model"]
+    assert cases["multi-turn"]["details"]["model"] == "random 2-layer 128-wide model"
     hw = cases["hardware limit"]["details"]
     assert hw["read_bandwidth_gb_s"] > 0 and hw["ceiling_tok_s"] > 0
     # The hardware case reuses the generation case's decode reading (shortest prompt).
@@ -91,9 +96,18 @@ def _check_blas_case(blas: dict) -> None:
     else:
         assert blas["skipped"] is None
         assert [r["unit"] for r in blas["ratios"]] == ["tok/s", "tok/s", "s"]
+        assert blas["ratios"][2]["metric"] == "DPO step (1 pair x 128 tokens), zephyr-test"
         for side in ("openblas", "reference"):
             assert blas["details"][side]["prompt_tps"] > 0
             assert blas["details"][side]["dpo_step_s"] > 0
+
+
+def test_multiturn_on_the_run_model_names_no_other_model(test_model, tiny_mode, monkeypatch):
+    monkeypatch.setitem(harness.MODES, "quick", {**TINY, "multiturn_dims": None})
+    [result] = harness.run("quick", str(test_model), ["multiturn"]).results
+    assert [r.metric for r in result.ratios] == [
+        "turn 3 TTFT vs turn 1 TTFT (goal: within 1.5x)", "turn 3 TTFT, cache reuse vs re-prefill"]
+    assert result.details["model"] == "zephyr-test" and "model_dims" not in result.details
 
 
 def test_every_registered_case_resolves_and_is_listed_in_help(run_cli):

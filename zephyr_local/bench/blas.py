@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult, median, ratio
@@ -67,7 +68,7 @@ def blas_case(model: str, *, prompt_length: int, max_tokens: int, repeats: int) 
             med["openblas"][metric], med["reference"][metric], "bundled reference BLAS",
             higher_is_better=True, goal=None, unit="tok/s"))
     result.ratios.append(ratio(
-        "linux-cpu-blas", "DPO step (1 pair x 128 tokens), test model",
+        "linux-cpu-blas", f"DPO step (1 pair x 128 tokens), {Path(model).name}",
         med["openblas"]["dpo_step_s"], med["reference"]["dpo_step_s"], "bundled reference BLAS",
         higher_is_better=False, goal=None, unit="s"))
     return result

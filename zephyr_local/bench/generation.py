@@ -103,10 +103,11 @@ def _conversation_ttfts(engine: Engine, turns: int, user_text: str, opts,
 
 
 def multiturn_case(engine: Engine, *, turns: int, user_tokens: int, reply_tokens: int,
-                   repeats: int) -> CaseResult:
+                   repeats: int, label: str | None = None) -> CaseResult:
     """Case 2: TTFT of each turn of a growing conversation, cache reuse vs full re-prefill.
 
     The conversation is played `repeats` times each way, alternating; per-turn medians.
+    `label` names the model in each metric when it is not the run's model.
     """
     result = CaseResult("multi-turn")
     opts = SamplingOptions(temperature=0.0, max_tokens=reply_tokens)
@@ -123,12 +124,14 @@ def multiturn_case(engine: Engine, *, turns: int, user_tokens: int, reply_tokens
                 for t in range(turns)]
 
     reuse, rebuild = per_turn(plays[True]), per_turn(plays[False])
-    result.details = {"cache_reuse": reuse, "re_prefill": rebuild, "repeats": repeats}
+    result.details = {"cache_reuse": reuse, "re_prefill": rebuild, "repeats": repeats,
+                      "model": label or Path(engine.loaded.path).name}
+    on = f", {label}" if label else ""
     result.ratios += [
-        ratio("multi-turn", f"turn {turns} TTFT vs turn 1 TTFT (goal: within 1.5x)",
+        ratio("multi-turn", f"turn {turns} TTFT vs turn 1 TTFT (goal: within 1.5x){on}",
               reuse[-1]["ttft_s"], reuse[0]["ttft_s"], "turn 1", higher_is_better=False,
               goal=round(1 / 1.5, 3), unit="s"),
-        ratio("multi-turn", f"turn {turns} TTFT, cache reuse vs re-prefill",
+        ratio("multi-turn", f"turn {turns} TTFT, cache reuse vs re-prefill{on}",
               reuse[-1]["ttft_s"], rebuild[-1]["ttft_s"], "re-prefill every turn",
               higher_is_better=False, goal=None, unit="s"),
     ]
@@ -137,17 +140,17 @@ def multiturn_case(engine: Engine, *, turns: int, user_tokens: int, reply_tokens
 
 def run_multiturn(ctx: Context) -> CaseResult:
     """On the run's model, or (`multiturn_dims`, full mode) on a random model whose
-    weights, not attention, dominate prefill, as in Zephyr-7B."""
+    weights, not attention, dominate prefill, as in Zephyr-7B; its metrics say which."""
     s = ctx.settings
     kw = {"turns": s["turns"], "user_tokens": s["user_tokens"],
           "reply_tokens": s["reply_tokens"], "repeats": s["repeats"]}
     if not s["multiturn_dims"]:
         return multiturn_case(ctx.engine, **kw)
     with tempfile.TemporaryDirectory() as tmp:
-        path, _ = random_model(Path(tmp) / "m", s["multiturn_dims"])
+        path, label = random_model(Path(tmp) / "m", s["multiturn_dims"])
         big = Engine.load(str(path))
         try:
-            result = multiturn_case(big, **kw)
+            result = multiturn_case(big, **kw, label=label)
         finally:
             big.close()
     result.details["model_dims"] = s["multiturn_dims"]
