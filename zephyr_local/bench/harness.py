@@ -27,7 +27,6 @@ class BenchRun:
     cases: list[str]
     machine: dict = field(default_factory=dict)
     results: list[CaseResult] = field(default_factory=list)
-    model_given: bool = False  # -m MODEL, not the test model made for the run
 
 
 def machine_record() -> dict:
@@ -43,10 +42,6 @@ def cache_dir() -> Path:
     path = home_dir() / "benchmarks" / "cache"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def available_cases() -> list[str]:
-    return list(CASES)
 
 
 def run(mode: str = "quick", model: str | None = None, cases: list[str] | None = None,
@@ -71,7 +66,7 @@ def run(mode: str = "quick", model: str | None = None, cases: list[str] | None =
             progress("creating the test model")
             model = str(create_test_model(Path(tmp) / "zephyr-test"))
         engine = Engine.load(model)
-        bench = BenchRun(mode, str(engine.loaded.path), cases, machine_record(), model_given=given)
+        bench = BenchRun(mode, str(engine.loaded.path), cases, machine_record())
         ctx = Context(engine, model, mode, MODES[mode], given, cache_dir)
         try:
             for i, name in enumerate(cases):
