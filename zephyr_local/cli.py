@@ -156,10 +156,11 @@ def info(ctx: click.Context, as_json: bool) -> None:
 
     Example: zephyr-local info
     """
-    from zephyr_local import backend, report
+    from zephyr_local import report
+    from zephyr_local.train.distributed import describe as describe_group
 
     data = report.gather(_store(ctx))
-    data["distributed"] = backend.distributed_info()
+    data["distributed"] = describe_group()
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
