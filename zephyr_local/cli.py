@@ -353,14 +353,21 @@ _register_training(cli)
 # --- bench command (benchmarks/) ---
 
 
+def _bench_cases_help() -> str:
+    """--case's help: the registered cases (bench/cases.py; it does not import MLX)."""
+    from zephyr_local.bench.cases import CASES
+
+    full = [c.name for c in CASES.values() if "quick" not in c.modes]
+    return (f"Run only this case (repeatable): {', '.join(CASES)}"
+            f" ({', '.join(full)}: --full only).")
+
+
 @cli.command()
 @click.option("--quick", "mode", flag_value="quick", default=True,
               help="Small settings: under 2 minutes on a 2-core CPU (default).")
 @click.option("--full", "mode", flag_value="full", help="Larger settings and more repeats.")
 @model_option
-@click.option("--case", "cases", multiple=True,
-              help="Run only this case (repeatable): generation, multiturn, chat-ui, hardware, "
-                   "blas, dpo, dtype, quantize, retrieval, lookup.")
+@click.option("--case", "cases", multiple=True, help=_bench_cases_help())
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Results folder (default: benchmarks/results in the checkout).")
 def bench(mode, model, cases, out_dir) -> None:
