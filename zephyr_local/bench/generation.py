@@ -17,8 +17,8 @@ def reply_stats(engine: Engine, ids: list[int], max_tokens: int) -> dict:
     prompt and generation tok/s, TTFT and tokens generated, from its ReplyStats."""
     opts = SamplingOptions(temperature=0.0, max_tokens=max_tokens)
     last = None
-    for last in engine.session(context_budget=len(ids) + max_tokens + 8).reply_to_ids(ids, opts):
-        pass
+    for event in engine.session(context_budget=len(ids) + max_tokens + 8).reply_to_ids(ids, opts):
+        last = event
     s = last.stats
     return {"prompt_tps": s.prompt_tps, "generation_tps": s.generation_tps, "ttft_s": s.ttft_s,
             "generation_tokens": s.generation_tokens}
@@ -39,9 +39,9 @@ def _mlx_lm(engine: Engine, ids: list[int], max_tokens: int) -> dict:
 
     def run():
         t0, ttft, last = time.perf_counter(), None, None
-        for last in stream_generate(engine.loaded.model, engine.tokenizer, mx.array(ids),
-                                    max_tokens=max_tokens):
-            ttft = ttft or time.perf_counter() - t0
+        for event in stream_generate(engine.loaded.model, engine.tokenizer, mx.array(ids),
+                                     max_tokens=max_tokens):
+            last, ttft = event, ttft or time.perf_counter() - t0
         return {"prompt_tps": last.prompt_tps, "generation_tps": last.generation_tps,
                 "ttft_s": ttft, "generation_tokens": last.generation_tokens}
 
