@@ -170,6 +170,9 @@ def test_dpo_case_without_a_model_says_it_measured_a_random_one(tiny_mode):
 def test_matmul_probe_times_and_counts_threads(kind):
     from zephyr_local.bench.dtype import matmul_probe
 
-    probe = matmul_probe(kind, 0.01, k=256)
+    probe = matmul_probe(kind, 0.3, k=256)  # 0.3 s: many 10 ms scheduler ticks
     assert probe["ms"] > 0
-    assert probe["busy_threads"] is None or probe["busy_threads"] >= 1
+    if Path("/proc/self/task").is_dir():  # Linux: per-thread CPU times are readable
+        assert probe["busy_threads"] >= 1
+    else:
+        assert probe["busy_threads"] is None
