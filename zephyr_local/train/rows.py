@@ -70,7 +70,8 @@ class DataSummary:
         for reason, n in sorted(self.skipped.items()):
             parts.append(f"{n} skipped ({reason})")
         if self.dropped_long_prompt:
-            parts.append(f"{self.dropped_long_prompt} dropped (prompt longer than max-prompt-length)")
+            parts.append(f"{self.dropped_long_prompt} dropped "
+                         "(prompt longer than max-prompt-length)")
         if self.truncated:
             parts.append(f"{self.truncated} truncated to max-length")
         if self.boundary_merges:
