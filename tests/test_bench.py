@@ -20,7 +20,8 @@ TINY = {"prompt_lengths": (16, 64), "max_tokens": 4, "repeats": 1, "turns": 3,
         "dpo_batch_pairs": 1, "chat_tokens": 4, "quantize_7b": False,
         "multiturn_dims": {"num_hidden_layers": 2}, "dtype_tokens": 4, "dtype_budget_s": 0.2,
         "dtype_probe_s": 0, "docs_bytes": 1 << 16,
-        "distributed": None, "lookup_tokens": 4}
+        "distributed": None, "lookup_tokens": 4,
+        "resume_lengths": (40, 80), "resume_repeats": 1, "kl_tokens": 80}
 
 
 @pytest.fixture
@@ -37,10 +38,14 @@ def test_harness_writes_results(test_model, tmp_path, tiny_mode):
     cases = {c["name"]: c for c in record["cases"]}
     assert set(cases) == {"generation", "multi-turn", "hardware limit", "linux-cpu-blas", "dpo",
                           "chat UI", "quantize 7B", "dtype", "retrieval", "distributed",
-                          "prompt lookup"}
+                          "prompt lookup", "resume"}
     lookup = cases["prompt lookup"]
     assert len(lookup["ratios"]) == 6 and lookup["details"]["cost_model"]["one_token_s"] > 0
     assert all(v["identical_greedy_tokens"] for v in lookup["details"].values() if "kind" in v)
+    resume = cases["resume"]["details"]
+    assert resume["40 tokens"]["loaded_tokens"] > 0 and resume["80 tokens"]["ttft_saved_s"] > 0
+    assert all(resume[f"{n} tokens"]["identical_greedy_tokens"] for n in (40, 80))
+    assert 0 < resume["kv_bits 8"]["vs_float"] < 1 and resume["kv_bits 4"]["mean_kl"] > 0
     docs = cases["retrieval"]["details"]
     assert docs["bytes"] == 1 << 16 and docs["passages"] > 10 and docs["passages_used"] > 0
     gen = cases["generation"]
@@ -114,7 +119,7 @@ def test_every_registered_case_resolves_and_is_listed_in_help(run_cli):
     from zephyr_local.bench.cases import CASES, MODES
 
     assert list(CASES) == ["generation", "multiturn", "chat-ui", "quantize", "hardware", "blas",
-                           "dpo", "dtype", "retrieval", "distributed", "lookup"]
+                           "dpo", "dtype", "retrieval", "distributed", "lookup", "resume"]
     for case in CASES.values():
         assert callable(case.load()), case.name
         assert set(case.modes) <= set(MODES)
@@ -123,7 +128,7 @@ def test_every_registered_case_resolves_and_is_listed_in_help(run_cli):
     text = " ".join(r.stdout.split())
     assert r.exit_code == 0
     assert "generation, multiturn, chat-ui, quantize, hardware, blas, dpo, dtype, retrieval, " \
-           "distributed, lookup (quantize, distributed: --full only)" in text
+           "distributed, lookup, resume (quantize, distributed: --full only)" in text
 
 
 def test_a_case_outside_its_modes_is_skipped_without_running():

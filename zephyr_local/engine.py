@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from zephyr_local import kv_layout, kv_store, loading, lookup, store
+from zephyr_local.kv_store import common_prefix_len  # also engine.common_prefix_len
 from zephyr_local.lookup import LookupCounts, LookupOptions
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.template import eos_id, fit_to_budget
@@ -60,14 +61,6 @@ class Response:
     stats: ReplyStats | None = None
 
 
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class Engine:
     """A loaded model with its own MLX thread."""
 
@@ -82,7 +75,7 @@ class Engine:
         model: str | Path | None = None,
         adapter: str | Path | None = None,
         models_dir: str | Path | None = None,
-    ) -> "Engine":
+    ) -> Engine:
         """Resolve `model` (path, store name or downloaded hub id) and load it."""
         path = store.resolve_model(model, store.models_dir(models_dir))
         adapter_path = Path(adapter).expanduser() if adapter else None
@@ -156,7 +149,9 @@ class ChatSession:
         self._saved = (saved, key) if saved is not None and saved.enabled else None
         self._saved_from = None
 
-    def reply(self, messages: Sequence[dict], options: SamplingOptions | None = None) -> Iterator[Response]:
+    def reply(
+        self, messages: Sequence[dict], options: SamplingOptions | None = None
+    ) -> Iterator[Response]:
         """Stream the assistant's reply to a conversation.
 
         The oldest turns are dropped to fit the context budget (the final
@@ -234,7 +229,9 @@ class ChatSession:
             saved.drop_superseded(self._saved_from, path)
         self._saved_from = kv_store.Candidate(path, list(tokens), 0) if path else None
 
-    def _run(self, ids: list[int], options: SamplingOptions, dropped_turns: int) -> Iterator[Response]:
+    def _run(
+        self, ids: list[int], options: SamplingOptions, dropped_turns: int
+    ) -> Iterator[Response]:
         """The decode loop; runs on the MLX thread."""
         import mlx.core as mx
         from mlx_lm.generate import generation_stream, wired_limit

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,15 @@ def tokens_key(ident: dict[str, str], tokens: list[int]) -> str:
 # -- the store -------------------------------------------------------------------
 
 
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids `a` and `b` share."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 @dataclass
 class Candidate:
     """A saved cache that fits: where it is, the tokens it holds, how many match the prompt."""
@@ -233,8 +243,6 @@ class KVStore:
         With `key`, only that conversation's own file is considered; without, every
         file (content-addressed lookup, ties go to the smaller file).
         """
-        from zephyr_local.engine import common_prefix_len
-
         paths = [self.path(key)] if key is not None else self.entries()
         best = None
         for path in paths:
@@ -260,7 +268,7 @@ class KVStore:
         try:
             cache = load_prompt_cache(str(candidate.path))
             check_loaded(cache, len(candidate.tokens), ident)
-        except Exception as exc:  # noqa: BLE001  (mlx raises bare RuntimeErrors for bad files)
+        except Exception as exc:  # mlx reports a bad file as a bare RuntimeError or ValueError
             self._reject(candidate.path, f"cannot load: {exc}", delete=True)
             return None
         _touch(candidate.path)

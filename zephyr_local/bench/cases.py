@@ -34,7 +34,8 @@ MODES = {
               "dpo_batch_pairs": 1, "chat_tokens": 256,
               "quantize_7b": False, "multiturn_dims": None, "dtype_tokens": 256,
               "dtype_budget_s": 2.0, "dtype_probe_s": 1.0, "docs_bytes": 1 << 20,
-              "distributed": None, "lookup_tokens": 64},
+              "distributed": None, "lookup_tokens": 64,
+              "resume_lengths": (500, 2000, 4000), "resume_repeats": 2, "kl_tokens": 2000},
     "full": {"prompt_lengths": (32, 512, 2048), "max_tokens": 128, "repeats": 5, "turns": 10,
              "user_tokens": 96, "reply_tokens": 64, "bandwidth_mb": 1024, "blas_repeats": 3,
              "dpo_dims": LARGE_DIMS, "dpo_steps": 3, "dpo_max_length": 256,
@@ -42,7 +43,8 @@ MODES = {
              "quantize_7b": True, "multiturn_dims": LARGE_DIMS, "dtype_tokens": 512,
              "dtype_budget_s": 5.0, "dtype_probe_s": 2.0, "docs_bytes": 1 << 20,
              "distributed": {"steps": 2, "batch": 2, "max_length": 128, "repeats": 3},
-             "lookup_tokens": 160},
+             "lookup_tokens": 160,
+             "resume_lengths": (500, 2000, 4000), "resume_repeats": 3, "kl_tokens": 2000},
 }
 
 
@@ -96,4 +98,5 @@ CASES = {c.name: c for c in [
     Case("distributed", "distributed", _B + "distributed:run_distributed", ("full",),
          "full mode only (three mlx.launch jobs)"),
     Case("lookup", "prompt lookup", _B + "lookup:run_lookup"),
+    Case("resume", "resume", _B + "kv_resume:run_resume"),
 ]}

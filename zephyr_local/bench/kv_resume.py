@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult, median, ratio
 from zephyr_local.engine import Engine
 from zephyr_local.kv_store import KVStore, group_size_for
@@ -190,4 +191,17 @@ def resume_case(engine: Engine, *, lengths=(500, 2000, 4000), repeats: int = 2,
                               ["bytes_per_token"], 3),
             **next_token_kl(engine, conversation, bits)}
     result.details["metal_7b_estimate"] = metal_estimate()
+    return result
+
+
+def run_resume(ctx: Context) -> CaseResult:
+    """On the CPU a quantized model prefills through a slow path, which would flatter the
+    saved cache: this case runs a float32 copy of a quantized model (as the lookup case)."""
+    from zephyr_local.bench.lookup import float32_engine
+
+    s = ctx.settings
+    with float32_engine(ctx.engine) as engine:
+        result = resume_case(engine, lengths=s["resume_lengths"], repeats=s["resume_repeats"],
+                             kl_tokens=s["kl_tokens"])
+    result.details["model"] = Path(ctx.model).name
     return result
