@@ -14,9 +14,11 @@ from pathlib import Path
 import click
 
 from zephyr_local import backend
+from zephyr_local import flags as _flags
 from zephyr_local.atomic import human_bytes
 from zephyr_local.errors import ZephyrError, describe_os_error, first_line
 from zephyr_local.params import SEED, Finite
+from zephyr_local.train import cli as train_cli
 
 
 class _Group(click.Group):
@@ -569,11 +571,6 @@ def _pull_default_model(ctx: click.Context) -> None:
     ctx.invoke(quantize_cmd, model=store.DEFAULT_REPO, bits=4)
 
 
-# --- training commands: sft, dpo, evaluate, fuse (zephyr_local/train/) ---
-from zephyr_local.train.commands import register as _register_training  # noqa: E402
-
-_register_training(cli)
-
 # --- bench command (benchmarks/) ---
 
 
@@ -613,13 +610,11 @@ def bench(mode, model, cases, out_dir) -> None:
     click.echo(f"Wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")
 
 
-from zephyr_local.export import register as _register_export
-
-_register_export(cli)
+# The adapter commands (sft, dpo, evaluate, fuse, export-peft) live in zephyr_local/train/cli.py.
+for _command in train_cli.COMMANDS:
+    cli.add_command(_command)
 
 # mlx-lm's flag names as aliases, from the one table in flags.py (after every command exists).
-from zephyr_local import flags as _flags
-
 _flags.install(cli)
 _flags.install_model_completion(cli)
 

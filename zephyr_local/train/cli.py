@@ -1,5 +1,6 @@
-"""The `sft`, `dpo`, `evaluate` and `fuse` commands, registered on the CLI group.
+"""The adapter commands: `sft`, `dpo`, `evaluate`, `fuse` and `export-peft`.
 
+Each is a module-level click command; `zephyr_local/cli.py` adds them to the group.
 Only click is imported at module level so that `zephyr-local --help` stays instant.
 """
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from zephyr_local.backend import COMPUTE_DTYPES, default_dtypes_text
 from zephyr_local.errors import ZephyrError
 from zephyr_local.params import SEED, Finite
 
@@ -149,68 +151,6 @@ def build_config(ctx: click.Context, kind: str, kw: dict, dist=None):
     return saved, True
 
 
-def _progress(kind: str):
-    """A rich progress bar fed by the run's events; returns (callback, progress)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                        console=_console())
-    state = {"work": {}}
-
-    def on_event(event: str, payload) -> None:
-        if event == "work":  # tokenizing, the reference pass: before the first step
-            if not progress.live.is_started:
-                progress.start()
-            tasks = state["work"]
-            if payload["what"] not in tasks:
-                tasks[payload["what"]] = progress.add_task(payload["what"], total=payload["total"],
-                                                           info="")
-            progress.update(tasks[payload["what"]], completed=payload["done"],
-                            total=payload["total"], description=payload["what"])
-        elif event == "data":
-            for tag, ds in (("train", payload["train"]), ("eval", payload["eval"])):
-                if ds is not None:
-                    progress.console.print(f"[bold]{tag} data[/] {ds.source}: {ds.summary.line()}")
-                    for err in ds.summary.first_errors:
-                        progress.console.print(f"  [yellow]{err}[/]")
-        elif event == "reference":
-            how = "loaded from cache" if payload["cached"] else "computed and cached"
-            progress.console.print(f"reference log-probs ({payload['data']}, {payload['rows']} "
-                                   f"sequences): {how} {payload['path']}")
-        elif event == "start":
-            if not progress.live.is_started:
-                progress.start()
-            state["task"] = progress.add_task(kind, total=payload["total"],
-                                              completed=payload["start"], info="")
-        elif event == "step":
-            progress.update(state["task"], completed=payload["step"], info=_step_info(payload))
-        elif event == "eval":
-            info = " ".join(f"{k}={v:.4g}" for k, v in payload.items()
-                            if k != "step" and isinstance(v, float))
-            progress.console.print(f"step {payload['step']} {info}")
-
-    return on_event, progress
-
-
-def _step_info(r: dict) -> str:
-    keys = [("loss", "loss"), ("rewards/accuracies", "acc"), ("rewards/margins", "margin"),
-            ("learning_rate", "lr"), ("tokens_per_second", "tok/s"), ("peak_memory_gb", "GB")]
-    return " ".join(f"{short} {r[k]:.4g}" for k, short in keys if k in r)
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
 def run_training(ctx: click.Context, kind: str, kw: dict) -> None:
     from zephyr_local.train import distributed
 
@@ -229,6 +169,7 @@ def run_training(ctx: click.Context, kind: str, kw: dict) -> None:
 
 
 def _train(ctx: click.Context, kind: str, kw: dict, dist) -> None:
+    from zephyr_local import display
     from zephyr_local.train.run import run
 
     as_json = kw.pop("as_json", False)
@@ -237,7 +178,7 @@ def _train(ctx: click.Context, kind: str, kw: dict, dist) -> None:
         click.echo(f"Warning: each micro-batch of {cfg.batch_size} row(s) is split across "
                    f"{dist.size} ranks, so some ranks idle: raise --batch-size and lower "
                    "--grad-accumulation by the same factor (the same global batch).", err=True)
-    on_event, progress = _progress(kind)
+    on_event, progress = display.training_progress(kind)
     try:
         result = run(cfg, resume=resume, on_event=on_event if dist.is_main else None, dist=dist)
     except KeyboardInterrupt:
@@ -270,33 +211,137 @@ def summary(kind: str, result) -> dict:
             "train_data": result.train_summary, "last_step": result.last, "eval": result.eval}
 
 
-def register(cli: click.Group) -> None:
-    """Add sft, dpo, evaluate and fuse to the command group."""
 
-    @cli.command()
-    @train_options("dpo")
-    @click.pass_context
-    def dpo(ctx, **kw):
-        """Train a LoRA adapter with Direct Preference Optimization.
+@click.command()
+@train_options("dpo")
+@click.pass_context
+def dpo(ctx, **kw):
+    """Train a LoRA adapter with Direct Preference Optimization.
 
-        The reference is the same weights with the adapter off (no second model
-        copy); its log-probs are computed once and cached. Metrics go to
-        OUT/metrics.jsonl (TRL names) and OUT/metrics.png.
+    The reference is the same weights with the adapter off (no second model
+    copy); its log-probs are computed once and cached. Metrics go to
+    OUT/metrics.jsonl (TRL names) and OUT/metrics.png.
 
-        Example: zephyr-local dpo -m zephyr-test --data example:prefs --out adapters/dpo
-        """
-        run_training(ctx, "dpo", kw)
+    Example: zephyr-local dpo -m zephyr-test --data example:prefs --out adapters/dpo
+    """
+    run_training(ctx, "dpo", kw)
 
-    @cli.command()
-    @train_options("sft")
-    @click.pass_context
-    def sft(ctx, **kw):
-        """Supervised fine-tuning of a LoRA adapter (loss on assistant turns, EOS included).
+@click.command()
+@train_options("sft")
+@click.pass_context
+def sft(ctx, **kw):
+    """Supervised fine-tuning of a LoRA adapter (loss on assistant turns, EOS included).
 
-        Example: zephyr-local sft -m zephyr-test --data example:sft --out adapters/sft
-        """
-        run_training(ctx, "sft", kw)
+    Example: zephyr-local sft -m zephyr-test --data example:sft --out adapters/sft
+    """
+    run_training(ctx, "sft", kw)
 
-    from zephyr_local.train.cli_more import register_more
+@click.command()
+@click.option("--model", "-m", "model", default=None, help="Base model (default: zephyr-7b-beta-4bit).")
+@click.option("--adapter", default=None, type=click.Path(file_okay=False), help="Adapter to evaluate (default: the base alone).")
+@click.option("--data", required=True, help="Preference or SFT JSONL (a directory: its valid.jsonl).")
+@click.option("--reference-adapter", default=None, type=click.Path(file_okay=False), help="DPO reference (default: the adapter the run started from, else the base).")
+@click.option("--loss", type=click.Choice(["sigmoid", "ipo", "hinge", "robust"]), default="sigmoid", show_default=True)
+@click.option("--beta", type=Finite(min=0, min_open=True), default=None, help="Default: the adapter's training beta, else 0.1.")
+@click.option("--label-smoothing", type=Finite(0, 0.5, max_open=True), default=0.0)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@data_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the default when stdout is not a terminal).")
+@click.pass_context
+def evaluate(ctx, model, adapter, data, reference_adapter, loss, beta, label_smoothing,
+             batch_size, max_length, max_prompt_length, strict, as_json):
+    """Print an adapter's metrics on held-out data: a table, or JSON when piped.
 
-    register_more(cli)
+    Metric names are TRL's evaluation names (eval_loss, eval_rewards/accuracies, ...).
+
+    Preference data: pairs, loss, rewards/accuracies (per pair), rewards/margins.
+    SFT data: loss and perplexity over assistant tokens.
+
+    Example: zephyr-local evaluate -m zephyr-test --adapter adapters/dpo --data example:prefs
+    """
+    from zephyr_local import store
+    from zephyr_local.train.config import DataConfig
+    from zephyr_local.train.evaluate import evaluate as run_eval
+
+    models = store.models_dir(ctx.obj.get("models_dir") if ctx.obj else None)
+    path = store.resolve_model(model, models)
+    dc = DataConfig(max_length=max_length, max_prompt_length=max_prompt_length, strict=strict)
+    from zephyr_local import display
+
+    with display.ProgressBars() as bars:
+        result = run_eval(path, data, Path(adapter) if adapter else None,
+                          reference_adapter=Path(reference_adapter) if reference_adapter else None,
+                          loss=loss, beta=beta, label_smoothing=label_smoothing,
+                          batch_size=batch_size, data_config=dc, progress=bars("Evaluating"))
+    if as_json or not display.stdout_is_terminal():
+        click.echo(json.dumps(result, indent=2))
+    else:
+        display.print_metrics_table(result)
+
+@click.command()
+@click.option("--model", "-m", "model", default=None, help="Base model (default: zephyr-7b-beta-4bit).")
+@click.option("--adapter", required=True, type=click.Path(file_okay=False), help="Adapter directory.")
+@click.option("--out", required=True, help="Output directory; a bare name goes into the model store.")
+@click.option("--bits", type=click.Choice(["2", "3", "4", "5", "6", "8"]), default=None, help="Quantize the fused model.")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+@click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=None,
+              help="Float parameters (and with --bits the scales and biases); default: the "
+                   "base's, with --bits the backend's fastest "
+                   f"({default_dtypes_text()}).")
+@click.option("--dequantize", is_flag=True, help="Write float16 weights even from a quantized base.")
+@click.option("--export-gguf", is_flag=True, help="Also write a float16 GGUF (llama.cpp, ollama) and an ollama Modelfile into --out.")
+@click.option("--gguf-path", default="ggml-model-f16.gguf", show_default=True, help="File name of the GGUF inside --out.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.pass_context
+def fuse(ctx, model, adapter, out, bits, group_size, dtype, dequantize, export_gguf,
+         gguf_path, force):
+    """Merge an adapter into the base weights (optionally quantized) as a new model.
+
+    With --export-gguf, also a float16 GGUF and a Modelfile: `ollama create NAME -f
+    OUT/Modelfile`. Tokenizer files are copied byte for byte.
+
+    Example: zephyr-local fuse -m zephyr-test --adapter adapters/dpo --out zephyr-test-dpo
+    """
+    from zephyr_local import display, store
+    from zephyr_local.train.fuse import FuseOptions
+    from zephyr_local.train.fuse import fuse as run_fuse
+
+    models = store.models_dir(ctx.obj.get("models_dir") if ctx.obj else None)
+    path = store.resolve_model(model, models)
+    target = Path(out).expanduser()
+    if "/" not in out and not out.startswith("."):
+        target = models / out
+    opts = FuseOptions(bits=int(bits) if bits else None, group_size=int(group_size),
+                       dequantize=dequantize, export_gguf=export_gguf, gguf_name=gguf_path,
+                       force=force, dtype=dtype).validate()
+    with display.ProgressBars() as bars:
+        written = run_fuse(path, Path(adapter), target, opts, bars("Fusing"))
+    click.echo(f"Wrote {written}")
+    if export_gguf:
+        click.echo(f"GGUF: {written / gguf_path}; ollama: "
+                   f"`ollama create {written.name} -f {written / 'Modelfile'}`")
+
+
+@click.command("export-peft")
+@click.argument("adapter", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="PEFT adapter directory to write.")
+@click.option("--base-model", default=None,
+              help="Hub id for base_model_name_or_path (default: traced from the adapter).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def export_peft(adapter, out, base_model, force) -> None:
+    """Write an adapter in Hugging Face PEFT's format, for PeftModel.from_pretrained.
+
+    Example: zephyr-local export-peft adapters/dpo --out adapters/dpo-peft
+    """
+    from zephyr_local.export import PEFT_CONFIG
+    from zephyr_local.export import export_peft as run_export
+
+    written = run_export(Path(adapter), Path(out), base_model, force)
+    config = json.loads((written / PEFT_CONFIG).read_text())
+    click.echo(f"Wrote {written} (PEFT LoRA r={config['r']}, "
+               f"lora_alpha={config['lora_alpha']}, base {config['base_model_name_or_path']!r})")
+
+
+# What zephyr_local/cli.py adds to the command group.
+COMMANDS = (sft, dpo, evaluate, fuse, export_peft)
