@@ -13,28 +13,10 @@ import click
 
 from zephyr_local.backend import COMPUTE_DTYPES, default_dtypes_text
 from zephyr_local.errors import ZephyrError
-from zephyr_local.params import SEED, Finite
-
-# Flag -> TrainConfig field (dotted for nested dataclasses).
-FIELDS = {
-    "model": "model", "data": "data", "eval_data": "eval_data", "out": "out",
-    "resume_adapter": "resume_adapter", "loss": "loss", "beta": "beta",
-    "label_smoothing": "label_smoothing", "learning_rate": "learning_rate",
-    "schedule": "schedule", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
-    "max_grad_norm": "max_grad_norm", "batch_size": "batch_size",
-    "grad_accumulation": "grad_accumulation", "grad_checkpoint": "grad_checkpoint",
-    "epochs": "epochs", "iters": "iters", "seed": "seed", "eval_every": "eval_every",
-    "save_every": "save_every", "lora_rank": "lora.rank", "lora_alpha": "lora.alpha",
-    "lora_dropout": "lora.dropout", "lora_layers": "lora.layers", "lora_targets": "lora.targets",
-    "max_length": "data_config.max_length", "max_prompt_length": "data_config.max_prompt_length",
-    "strict": "data_config.strict",
-}
-
-
-def _get(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
+from zephyr_local.quantize import ALLOWED_BITS, ALLOWED_GROUP_SIZES
+from zephyr_local.train.config import TrainConfig
+from zephyr_local.train.options import FIELDS, config_option, data_options, train_options
+from zephyr_local.train.options import get_field as _get
 
 
 def _set(cfg, dotted: str, value) -> None:
@@ -48,73 +30,12 @@ def _targets(value: str) -> tuple:
     return tuple(t.strip() for t in value.split(",") if t.strip())
 
 
-def data_options(f):
-    """--max-length, --max-prompt-length, --strict (shared by training and evaluate)."""
-    for option in reversed([
-        click.option("--max-length", type=click.IntRange(min=2), default=1024, show_default=True,
-                     help="Longest prompt+reply in tokens; longer replies are cut (counted)."),
-        click.option("--max-prompt-length", type=click.IntRange(min=1), default=512,
-                     show_default=True, help="Rows whose prompt alone is longer are dropped (counted)."),
-        click.option("--strict", is_flag=True, help="Fail on the first bad row (default: skip and count)."),
-    ]):
-        f = option(f)
-    return f
-
-
-def train_options(kind: str):
-    """The flags of `sft` and `dpo` (defaults: the handbook's LoRA recipes)."""
-    lr, schedule, dropout = (2e-4, "cosine", 0.05) if kind == "sft" else (5e-6, "linear", 0.0)
-
-    def deco(f):
-        options = [
-            click.option("--model", "-m", "model", default=None, help="Base model: directory, store name or hub id (default: zephyr-7b-beta-4bit)."),
-            click.option("--data", default=None, help="JSONL file, directory with train.jsonl/valid.jsonl, hub dataset id owner/name[:split], or the bundled example:sft / example:prefs."),
-            click.option("--eval-data", default=None, help="Evaluation data (default: valid.jsonl beside train.jsonl)."),
-            click.option("--out", required=True, type=click.Path(file_okay=False), help="Adapter directory to write."),
-            click.option("--resume", is_flag=True, help="Continue the stopped run in --out from its last checkpoint."),
-            click.option("--resume-adapter", default=None, type=click.Path(file_okay=False), help="Start from this adapter (frozen copy = the DPO reference)."),
-            click.option("--lora-rank", type=click.IntRange(min=1), default=16, show_default=True),
-            click.option("--lora-alpha", type=Finite(min=0, min_open=True), default=16.0, show_default=True, help="Scale = alpha / rank."),
-            click.option("--lora-scale", type=Finite(min=0, min_open=True), default=None, help="Set the scale directly (overrides --lora-alpha)."),
-            click.option("--lora-dropout", type=Finite(0, 1, max_open=True), default=dropout, show_default=True, help="DPO defaults to 0, as TRL's disable_dropout: the policy must equal the reference at step 0."),
-            click.option("--lora-layers", type=int, default=-1, show_default=True, help="Adapt the last N blocks; -1 for all."),
-            click.option("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", show_default=True, help="Comma-separated linear layers."),
-            click.option("--learning-rate", "--lr", "learning_rate", type=Finite(min=0, min_open=True), default=lr, show_default=True),
-            click.option("--schedule", type=click.Choice(["linear", "cosine"]), default=schedule, show_default=True),
-            click.option("--warmup-ratio", type=Finite(0, 1), default=0.1, show_default=True),
-            click.option("--weight-decay", type=Finite(min=0), default=0.0, show_default=True),
-            click.option("--max-grad-norm", type=Finite(min=0), default=1.0, show_default=True, help="Clip gradients; 0 disables."),
-            click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True, help="Rows (pairs for DPO) per micro-batch, of the whole job: mlx.launch ranks split it."),
-            click.option("--grad-accumulation", type=click.IntRange(min=1), default=1, show_default=True),
-            click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass (less memory)."),
-            click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True),
-            click.option("--iters", type=click.IntRange(min=1), default=None, help="Optimizer steps (overrides --epochs)."),
-            click.option("--seed", type=SEED, default=0, show_default=True),
-            click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True, help="Evaluate every N steps (always at the end)."),
-            click.option("--save-every", type=click.IntRange(min=1), default=50, show_default=True),
-            click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary on stdout (progress stays on stderr)."),
-        ]
-        if kind == "dpo":
-            options += [
-                click.option("--loss", type=click.Choice(["sigmoid", "ipo", "hinge", "robust"]), default="sigmoid", show_default=True),
-                click.option("--beta", type=Finite(min=0, min_open=True), default=0.1, show_default=True),
-                click.option("--label-smoothing", type=Finite(0, 0.5, max_open=True), default=0.0, show_default=True, help="eps of the robust loss."),
-            ]
-        f = data_options(f)  # listed after the options above
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return deco
-
-
 def build_config(ctx: click.Context, kind: str, kw: dict, dist=None):
     """A TrainConfig from the flags; with --resume, the saved one (changed flags refused).
 
     In a distributed run the saved config is rank 0's (its disk holds the run).
     """
     from zephyr_local import store
-    from zephyr_local.train.config import TrainConfig
     from zephyr_local.train.run import load_run_config
 
     kw = dict(kw)
@@ -128,7 +49,7 @@ def build_config(ctx: click.Context, kind: str, kw: dict, dist=None):
     for key in ("data", "eval_data", "resume_adapter", "out"):
         if kw.get(key) and Path(kw[key]).expanduser().exists():
             kw[key] = str(Path(kw[key]).expanduser().resolve())
-    cfg = TrainConfig(kind=kind)
+    cfg = TrainConfig.for_kind(kind)
     for name, dotted in FIELDS.items():
         if name in kw:
             _set(cfg, dotted, kw[name])
@@ -211,7 +132,6 @@ def summary(kind: str, result) -> dict:
             "train_data": result.train_summary, "last_step": result.last, "eval": result.eval}
 
 
-
 @click.command()
 @train_options("dpo")
 @click.pass_context
@@ -226,6 +146,7 @@ def dpo(ctx, **kw):
     """
     run_training(ctx, "dpo", kw)
 
+
 @click.command()
 @train_options("sft")
 @click.pass_context
@@ -236,17 +157,24 @@ def sft(ctx, **kw):
     """
     run_training(ctx, "sft", kw)
 
+
 @click.command()
-@click.option("--model", "-m", "model", default=None, help="Base model (default: zephyr-7b-beta-4bit).")
-@click.option("--adapter", default=None, type=click.Path(file_okay=False), help="Adapter to evaluate (default: the base alone).")
-@click.option("--data", required=True, help="Preference or SFT JSONL (a directory: its valid.jsonl).")
-@click.option("--reference-adapter", default=None, type=click.Path(file_okay=False), help="DPO reference (default: the adapter the run started from, else the base).")
-@click.option("--loss", type=click.Choice(["sigmoid", "ipo", "hinge", "robust"]), default="sigmoid", show_default=True)
-@click.option("--beta", type=Finite(min=0, min_open=True), default=None, help="Default: the adapter's training beta, else 0.1.")
-@click.option("--label-smoothing", type=Finite(0, 0.5, max_open=True), default=0.0)
+@click.option("--model", "-m", "model", default=None,
+              help="Base model (default: zephyr-7b-beta-4bit).")
+@click.option("--adapter", default=None, type=click.Path(file_okay=False),
+              help="Adapter to evaluate (default: the base alone).")
+@click.option("--data", required=True,
+              help="Preference or SFT JSONL (a directory: its valid.jsonl).")
+@click.option("--reference-adapter", default=None, type=click.Path(file_okay=False),
+              help="DPO reference (default: the adapter the run started from, else the base).")
+@config_option("loss")
+@config_option("beta", default=None, show_default=False,
+               help=f"Default: the adapter's training beta, else {TrainConfig().beta}.")
+@config_option("label_smoothing", help=None, show_default=False)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @data_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (the default when stdout is not a terminal).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON (the default when stdout is not a terminal).")
 @click.pass_context
 def evaluate(ctx, model, adapter, data, reference_adapter, loss, beta, label_smoothing,
              batch_size, max_length, max_prompt_length, strict, as_json):
@@ -278,19 +206,29 @@ def evaluate(ctx, model, adapter, data, reference_adapter, loss, beta, label_smo
     else:
         display.print_metrics_table(result)
 
+
 @click.command()
-@click.option("--model", "-m", "model", default=None, help="Base model (default: zephyr-7b-beta-4bit).")
-@click.option("--adapter", required=True, type=click.Path(file_okay=False), help="Adapter directory.")
-@click.option("--out", required=True, help="Output directory; a bare name goes into the model store.")
-@click.option("--bits", type=click.Choice(["2", "3", "4", "5", "6", "8"]), default=None, help="Quantize the fused model.")
-@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+@click.option("--model", "-m", "model", default=None,
+              help="Base model (default: zephyr-7b-beta-4bit).")
+@click.option("--adapter", required=True, type=click.Path(file_okay=False),
+              help="Adapter directory.")
+@click.option("--out", required=True,
+              help="Output directory; a bare name goes into the model store.")
+@click.option("--bits", type=click.Choice([str(b) for b in ALLOWED_BITS]), default=None,
+              help="Quantize the fused model.")
+@click.option("--group-size", type=click.Choice([str(g) for g in ALLOWED_GROUP_SIZES]),
+              default="64", show_default=True)
 @click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=None,
               help="Float parameters (and with --bits the scales and biases); default: the "
                    "base's, with --bits the backend's fastest "
                    f"({default_dtypes_text()}).")
-@click.option("--dequantize", is_flag=True, help="Write float16 weights even from a quantized base.")
-@click.option("--export-gguf", is_flag=True, help="Also write a float16 GGUF (llama.cpp, ollama) and an ollama Modelfile into --out.")
-@click.option("--gguf-path", default="ggml-model-f16.gguf", show_default=True, help="File name of the GGUF inside --out.")
+@click.option("--dequantize", is_flag=True,
+              help="Write float16 weights even from a quantized base.")
+@click.option("--export-gguf", is_flag=True,
+              help="Also write a float16 GGUF (llama.cpp, ollama) and an ollama Modelfile "
+                   "into --out.")
+@click.option("--gguf-path", default="ggml-model-f16.gguf", show_default=True,
+              help="File name of the GGUF inside --out.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.pass_context
 def fuse(ctx, model, adapter, out, bits, group_size, dtype, dequantize, export_gguf,
