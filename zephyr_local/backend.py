@@ -152,14 +152,6 @@ def device_info() -> dict:
     return info
 
 
-def distributed_info() -> dict:
-    """Whether this process is one rank of an active distributed group (mlx.launch or
-    mpirun), the group's size and this rank; joining the group has a deadline."""
-    from zephyr_local.train.distributed import describe as describe_group
-
-    return describe_group()
-
-
 def describe() -> dict:
     """device_info() plus the versions of the packages that matter, Python and the OS."""
     from importlib.metadata import PackageNotFoundError, version

@@ -29,7 +29,7 @@ ZEPHYR_CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 
-# zephyr-7b-beta's config.json (REFERENCE.md section 1).
+# zephyr-7b-beta's config.json, as published on the Hub (HuggingFaceH4/zephyr-7b-beta).
 ZEPHYR_CONFIG = {
     "architectures": ["MistralForCausalLM"],
     "model_type": "mistral",

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from zephyr_local.backend import COMPUTE_DTYPES, default_dtypes_text
+from zephyr_local.cli_common import store_dir
 from zephyr_local.errors import ZephyrError
 from zephyr_local.quantize import ALLOWED_BITS, ALLOWED_GROUP_SIZES
 from zephyr_local.train.config import TrainConfig
@@ -43,7 +44,7 @@ def build_config(ctx: click.Context, kind: str, kw: dict, dist=None):
         kw["lora_alpha"] = kw["lora_scale"] * kw["lora_rank"]
     kw["lora_targets"] = _targets(kw["lora_targets"])
     resume = kw.pop("resume")
-    models = store.models_dir(ctx.obj.get("models_dir") if ctx.obj else None)
+    models = store_dir(ctx)
     if kw.get("model") is not None or not resume:
         kw["model"] = str(store.resolve_model(kw["model"], models).resolve())
     for key in ("data", "eval_data", "resume_adapter", "out"):
@@ -191,7 +192,7 @@ def evaluate(ctx, model, adapter, data, reference_adapter, loss, beta, label_smo
     from zephyr_local.train.config import DataConfig
     from zephyr_local.train.evaluate import evaluate as run_eval
 
-    models = store.models_dir(ctx.obj.get("models_dir") if ctx.obj else None)
+    models = store_dir(ctx)
     path = store.resolve_model(model, models)
     dc = DataConfig(max_length=max_length, max_prompt_length=max_prompt_length, strict=strict)
     from zephyr_local import display
@@ -244,7 +245,7 @@ def fuse(ctx, model, adapter, out, bits, group_size, dtype, dequantize, export_g
     from zephyr_local.train.fuse import FuseOptions
     from zephyr_local.train.fuse import fuse as run_fuse
 
-    models = store.models_dir(ctx.obj.get("models_dir") if ctx.obj else None)
+    models = store_dir(ctx)
     path = store.resolve_model(model, models)
     target = Path(out).expanduser()
     if "/" not in out and not out.startswith("."):

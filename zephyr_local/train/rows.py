@@ -1,6 +1,6 @@
 """Read training rows from JSONL and validate them, naming the file and line of each bad one.
 
-Row formats (REFERENCE.md section 3):
+Row formats (those of the Zephyr recipe's data sets on the Hub):
 - SFT: {"messages": [...]} (ultrachat_200k) or {"prompt", "completion"} (+ optional "system").
 - DPO: {"chosen": [...], "rejected": [...]} conversations ending with the assistant reply
   (ultrafeedback_binarized; a "prompt" string column is then ignored), or
