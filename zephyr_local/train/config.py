@@ -55,7 +55,7 @@ _DIR = click.Path(file_okay=False)
 class LoRAConfig:
     """The adapter's shape."""
 
-    rank: int = _field(16, type=click.IntRange(min=1))
+    rank: int = _field(16, "LoRA rank r.", type=click.IntRange(min=1))
     alpha: float = _field(16.0, "Scale = alpha / rank.", type=_POSITIVE)
     dropout: float = _field(0.05, "DPO defaults to 0, as TRL's disable_dropout: the policy "
                             "must equal the reference at step 0.",
@@ -93,27 +93,29 @@ class TrainConfig:
     out: str = _field("", "Adapter directory to write.", required=True, type=_DIR)
     resume_adapter: str | None = _field(None, "Start from this adapter (frozen copy = the DPO "
                                         "reference).", type=_DIR)
-    loss: str = _field("sigmoid", type=LazyChoice(_loss_names), kinds=("dpo",))
-    beta: float = _field(0.1, type=_POSITIVE, kinds=("dpo",))
+    loss: str = _field("sigmoid", "The DPO loss.", type=LazyChoice(_loss_names), kinds=("dpo",))
+    beta: float = _field(0.1, "DPO's beta: how far the policy may move from the reference.",
+                         type=_POSITIVE, kinds=("dpo",))
     label_smoothing: float = _field(0.0, "eps of the robust loss.",
                                     type=Finite(0, 0.5, max_open=True), kinds=("dpo",))
-    learning_rate: float = _field(5e-6, type=_POSITIVE, names=("--lr",))
-    schedule: str = _field("linear", type=click.Choice(SCHEDULES))
-    warmup_ratio: float = _field(0.1, type=Finite(0, 1))
-    weight_decay: float = _field(0.0, type=Finite(min=0))
+    learning_rate: float = _field(5e-6, "Peak learning rate.", type=_POSITIVE, names=("--lr",))
+    schedule: str = _field("linear", "Decay after warmup.", type=click.Choice(SCHEDULES))
+    warmup_ratio: float = _field(0.1, "Fraction of the steps warming up.", type=Finite(0, 1))
+    weight_decay: float = _field(0.0, "AdamW weight decay.", type=Finite(min=0))
     max_grad_norm: float = _field(1.0, "Clip gradients; 0 disables.", type=Finite(min=0))
     batch_size: int = _field(2, "Rows (pairs for DPO) per micro-batch, of the whole job: "
                              "mlx.launch ranks split it.", type=click.IntRange(min=1))
-    grad_accumulation: int = _field(1, type=click.IntRange(min=1))
+    grad_accumulation: int = _field(1, "Micro-batches per optimizer step.",
+                                    type=click.IntRange(min=1))
     grad_checkpoint: bool = _field(False, "Recompute activations in the backward pass (less "
                                    "memory).")
-    epochs: int = _field(1, type=click.IntRange(min=1))
+    epochs: int = _field(1, "Passes over the data (unless --iters).", type=click.IntRange(min=1))
     iters: int | None = _field(None, "Optimizer steps (overrides --epochs).",
                                type=click.IntRange(min=1))
-    seed: int = _field(0, type=SEED)
+    seed: int = _field(0, "Seed for data order, initialization and dropout.", type=SEED)
     eval_every: int = _field(0, "Evaluate every N steps (always at the end).",
                              type=click.IntRange(min=0))
-    save_every: int = _field(50, type=click.IntRange(min=1))
+    save_every: int = _field(50, "Checkpoint every N steps.", type=click.IntRange(min=1))
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     data_config: DataConfig = field(default_factory=DataConfig)
 
