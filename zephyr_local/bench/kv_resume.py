@@ -109,10 +109,11 @@ def reopen_once(engine: Engine, n: int, repeats: int, kv_bits: int | None = None
     }
 
 
-def next_token_kl(engine: Engine, ids: list[int], kv_bits: int, positions: int = 64) -> dict:
-    """KL(float || quantized) of the next-token distribution at the last `positions` tokens.
+def next_token_kl(engine: Engine, ids: list[int], kv_bits=(8, 4), positions: int = 64) -> dict:
+    """KL(float || quantized) of the next-token distribution at the last `positions` tokens,
+    for each of `kv_bits`.
 
-    Both caches take the same steps: the conversation but its tail in 512-token chunks,
+    Every cache takes the same steps: the conversation but its tail in 512-token chunks,
     then the tail in one pass (each tail token attends to its own quantized keys, as in
     decoding).
     """
@@ -121,11 +122,10 @@ def next_token_kl(engine: Engine, ids: list[int], kv_bits: int, positions: int =
     from zephyr_local.kv_layout import new_cache
 
     model = engine.loaded.model
-    group = group_size_for(engine.loaded.config, kv_bits)
     body, tail = ids[:-positions], ids[-positions:]
 
     def logprobs(bits):
-        cache = new_cache(model, bits, group if bits else 0)
+        cache = new_cache(model, bits, group_size_for(engine.loaded.config, bits))
         for start in range(0, len(body), 512):
             model(mx.array(body[start:start + 512])[None], cache=cache)
             mx.eval([c.state for c in cache])
@@ -133,12 +133,16 @@ def next_token_kl(engine: Engine, ids: list[int], kv_bits: int, positions: int =
         return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
     def run():
-        p, q = logprobs(None), logprobs(kv_bits)
-        kl = (mx.exp(p) * (p - q)).sum(axis=-1)
-        top1 = (p.argmax(axis=-1) == q.argmax(axis=-1)).astype(mx.float32).mean()
-        return {"mean_kl": kl.mean().item(), "max_kl": kl.max().item(),
-                "top1_agreement": top1.item(), "context_tokens": len(ids),
-                "positions": positions}
+        p = logprobs(None)
+        out = {}
+        for bits in kv_bits:
+            q = logprobs(bits)
+            kl = (mx.exp(p) * (p - q)).sum(axis=-1)
+            top1 = (p.argmax(axis=-1) == q.argmax(axis=-1)).astype(mx.float32).mean()
+            out[bits] = {"mean_kl": kl.mean().item(), "max_kl": kl.max().item(),
+                         "top1_agreement": top1.item(), "context_tokens": len(ids),
+                         "positions": positions}
+        return out
 
     return engine.worker.call(run)
 
@@ -183,13 +187,14 @@ def resume_case(engine: Engine, *, lengths=(500, 2000, 4000), repeats: int = 2,
             r["ttft_prefill_s"], "re-prefill", higher_is_better=False,
             goal=GOAL_AT_2000 if n == 2000 else None, unit="s"))
     conversation = encode(engine.tokenizer, long_conversation(engine.tokenizer, kl_tokens))
+    kl = next_token_kl(engine, conversation, (8, 4))
     for bits in (8, 4):
         q = reopen_once(engine, lengths[0], 1, kv_bits=bits)
         result.details[f"kv_bits {bits}"] = {
             "bytes_per_token": q["bytes_per_token"],
             "vs_float": round(q["bytes_per_token"] / result.details[f"{lengths[0]} tokens"]
                               ["bytes_per_token"], 3),
-            **next_token_kl(engine, conversation, bits)}
+            "identical_greedy_tokens": q["identical_greedy_tokens"], **kl[bits]}
     result.details["metal_7b_estimate"] = metal_estimate()
     return result
 
