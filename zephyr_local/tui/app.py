@@ -287,7 +287,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             status.set_stats(stats)
             used = stats.prompt_tokens + stats.generation_tokens
             status.set_context(used, self.session.context_budget)
-            self._mark_dropped(stats.dropped_turns)
+            self._mark_dropped(stats)
 
     async def _reply_failed(self, view: MessageView, stream, exc: Exception) -> None:
         await stream.stop()
@@ -305,18 +305,14 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         self.generating = False  # only now: the conversation on screen is settled
         self.notify(f"Generation failed: {exc}", severity="error", timeout=10)
 
-    def _mark_dropped(self, dropped_turns: int) -> None:
-        """Mark the turns the engine cut to fit the budget (its policy: oldest turns first)."""
-        views = self.views()
-        starts = [i for i, v in enumerate(views) if v.role == "user"]
-        cuts = [0] + starts[1:]
-        cut = cuts[min(dropped_turns, len(cuts) - 1)] if cuts else 0
-        for i, v in enumerate(views):
-            if v.dropped != (i < cut):
-                v.mark_dropped(i < cut)
-        if dropped_turns:
-            self.notify(f"{dropped_turns} oldest turn(s) no longer fit the context budget and "
-                        "were left out of the prompt.", severity="warning")
+    def _mark_dropped(self, stats) -> None:
+        """Mark the messages the engine cut to fit the budget (the first `dropped_messages`)."""
+        for i, view in enumerate(self.views()):
+            if view.dropped != (i < stats.dropped_messages):
+                view.mark_dropped(i < stats.dropped_messages)
+        if stats.dropped_turns:
+            self.notify(f"{stats.dropped_turns} oldest turn(s) no longer fit the context budget "
+                        "and were left out of the prompt.", severity="warning")
 
     # -- actions -----------------------------------------------------------------
 

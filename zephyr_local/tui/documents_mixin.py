@@ -181,7 +181,8 @@ class DocumentsMixin:
         plan = doc_prompt.plan(self.engine.tokenizer, messages, self.session.context_budget,
                                options.max_tokens, self._documents_db(), list(self.attached))
         self.last_plan = plan
-        return self.session.reply_to_ids(plan.ids, options, plan.dropped_turns)
+        return self.session.reply_to_ids(plan.ids, options, plan.dropped_turns,
+                                         plan.dropped_messages)
 
     def _fit_mode(self) -> str:
         if self.engine is None or self.session is None:
