@@ -153,7 +153,7 @@ async def test_send_streams_the_engines_reply_and_commits_it(engine, tmp_path):
         assert f"prefilled {stats.prefilled_tokens} tok" in status and "cpu" in status
         used = stats.prompt_tokens + stats.generation_tokens
         assert f"{used}/{engine.context_window}" in status
-        rows = stored(tmp_path, app.conversation_id)
+        rows = stored(tmp_path, app.chat_history.conversation_id)
         assert [(m.role, m.content, m.finish_reason) for m in rows] == [
             ("user", "Hello there", None), ("assistant", expected, "length")]
         assert rows[1].stats["generation_tokens"] == GREEDY.max_tokens
@@ -177,7 +177,7 @@ async def test_keys_typed_just_before_enter_are_sent(engine, tmp_path):
         await wait_until(pilot, lambda: len(app.views()) == 2 and not app.generating
                          and prompt.text == "")
         assert app.views()[0].role == "user"
-        assert stored(tmp_path, app.conversation_id)[0].content == "Hi there"
+        assert stored(tmp_path, app.chat_history.conversation_id)[0].content == "Hi there"
 
 
 @pytest.mark.asyncio
@@ -193,8 +193,8 @@ async def test_escape_stops_and_the_conversation_goes_on(engine, tmp_path):
         assert reply.finish_reason == "cancelled" and reply.has_class("stopped")
         assert "stopped" in str(reply.query_one(".header").render())
         assert 0 < app.last_final.stats.generation_tokens < 3000
-        assert stored(tmp_path, app.conversation_id)[1].finish_reason == "cancelled"
-        app.options = GREEDY
+        assert stored(tmp_path, app.chat_history.conversation_id)[1].finish_reason == "cancelled"
+        app.chat_history.options = GREEDY
         await type_and_send(pilot, "Go on")
         assert roles(app) == ["user", "assistant", "user", "assistant"]
         assert app.views()[-1].finish_reason == "length"
@@ -225,7 +225,7 @@ async def test_follow_up_regenerate_and_edit_reuse_the_cache(engine, tmp_path):
         messages = [{"role": "user", "content": "First question, edited"}]
         assert edited.prompt_tokens == len(encode(engine.tokenizer, messages))
         assert 0 < edited.prefilled_tokens < edited.prompt_tokens  # the shared prefix was kept
-        rows = stored(tmp_path, app.conversation_id)
+        rows = stored(tmp_path, app.chat_history.conversation_id)
         assert [m.content for m in rows] == ["First question, edited",
                                              reference_reply(engine, messages)]
 
@@ -251,11 +251,11 @@ async def test_new_chat_and_system_prompt(engine, hf_tokenizer, tmp_path):
     app = make_app(engine, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await type_and_send(pilot, "One")
-        first_id = app.conversation_id
+        first_id = app.chat_history.conversation_id
         await pilot.press("ctrl+n")
-        assert app.views() == [] and app.conversation_id is None
+        assert app.views() == [] and app.chat_history.conversation_id is None
         await type_and_send(pilot, "/system Answer like a pirate.")
-        assert app.system_prompt == "Answer like a pirate." and app.views() == []
+        assert app.chat_history.system_prompt == "Answer like a pirate." and app.views() == []
         await type_and_send(pilot, "Two")
         messages = [{"role": "system", "content": "Answer like a pirate."},
                     {"role": "user", "content": "Two"}]
@@ -264,13 +264,13 @@ async def test_new_chat_and_system_prompt(engine, hf_tokenizer, tmp_path):
                                                     tokenize=False)
         oracle = hf_tokenizer(rendered)["input_ids"]
         assert app.last_final.stats.prompt_tokens == len(oracle)
-        assert app.conversation_id != first_id
+        assert app.chat_history.conversation_id != first_id
         # F2 opens the editor for the same prompt.
         await pilot.press("f2")
         await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
         app.screen.query_one("TextArea").text = "Be brief."
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: app.system_prompt == "Be brief.")
+        await wait_until(pilot, lambda: app.chat_history.system_prompt == "Be brief.")
     history = History(tmp_path / "history.sqlite")
     assert [c.system_prompt for c in history.list()] == ["Be brief.", None]
     history.close()
@@ -293,7 +293,7 @@ async def test_restart_resumes_from_history_sidebar(engine, tmp_path):
         await wait_until(pilot, lambda: len(app.views()) == 2)
         assert [v.content for v in app.views()] == contents
         await type_and_send(pilot, "And then?")
-        assert len(stored(tmp_path, app.conversation_id)) == 4
+        assert len(stored(tmp_path, app.chat_history.conversation_id)) == 4
         # Search, rename, delete from the sidebar.
         sidebar.query_one("#history-search").value = "no such text"
         await wait_until(pilot, lambda: len(sidebar.list_view.children) == 0)
@@ -304,10 +304,10 @@ async def test_restart_resumes_from_history_sidebar(engine, tmp_path):
         await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
         app.screen.query_one("TextArea").text = "Llama talk"
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: app.history.get(app.conversation_id).title == "Llama talk")
+        await wait_until(pilot, lambda: app.chat_history.db.get(app.chat_history.conversation_id).title == "Llama talk")
         await pilot.press("d")
-        await wait_until(pilot, lambda: app.history.list() == [])
-        assert app.views() == [] and app.conversation_id is None
+        await wait_until(pilot, lambda: app.chat_history.db.list() == [])
+        assert app.views() == [] and app.chat_history.conversation_id is None
 
 
 @pytest.mark.asyncio
@@ -359,8 +359,8 @@ async def test_sampling_modal_validates_and_saves_per_conversation(engine, tmp_p
         app.screen.query_one("#field-seed").value = "7"
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: not isinstance(app.screen, SamplingScreen))
-        assert (app.options.top_p, app.options.seed, app.options.max_tokens) == (0.5, 7, 8)
-        conv = app.history.get(app.conversation_id)
+        assert (app.chat_history.options.top_p, app.chat_history.options.seed, app.chat_history.options.max_tokens) == (0.5, 7, 8)
+        conv = app.chat_history.db.get(app.chat_history.conversation_id)
         assert conv.sampling["top_p"] == 0.5 and conv.sampling["seed"] == 7
 
 
@@ -458,7 +458,7 @@ async def test_generation_error_restores_input_and_keeps_conversation(engine, tm
         assert roles(app) == ["user", "assistant"]
         assert app.query_one(PromptInput).text == huge
         assert any("Generation failed" in n and "context budget" in n for n in notes)
-        assert len(stored(tmp_path, app.conversation_id)) == 2
+        assert len(stored(tmp_path, app.chat_history.conversation_id)) == 2
 
 
 @pytest.mark.asyncio
@@ -527,7 +527,7 @@ CRASH_SCRIPT = textwrap.dedent("""
             app.query_one(PromptInput).text = "first"
             await pilot.press("enter")
             await until(lambda: len(app.views()) == 2 and not app.generating)
-            app.options = SamplingOptions(temperature=0, max_tokens=100000)
+            app.chat_history.options = SamplingOptions(temperature=0, max_tokens=100000)
             app.query_one(PromptInput).text = "second"
             await pilot.press("enter")
             await until(lambda: app.generating and app.views()[-1].markdown.source)

@@ -71,7 +71,7 @@ async def test_documents_too_big_are_retrieved_by_bm25_within_the_budget(engine,
         plan = app.last_plan
         assert plan.mode == "passages" and plan.used
         assert len(plan.ids) + min(GREEDY.max_tokens, budget // 2) <= budget
-        passages = _stored_passages(tmp_path, app.conversation_id)
+        passages = _stored_passages(tmp_path, app.chat_history.conversation_id)
         order = independent_ranking([p[2] for p in passages], question)
         best = [(passages[i][0], passages[i][1]) for i in order][:len(plan.used)]
         assert [(u.start_line, u.end_line) for u in plan.used] == best
@@ -102,7 +102,7 @@ async def test_a_reopened_conversation_keeps_its_documents(engine, tmp_path):
         await pilot.pause()
         await slash(pilot, f"/attach {doc}")
         await type_and_send(pilot, "What do llamas do?")
-        cid, first_ids = app.conversation_id, app.last_plan.ids
+        cid, first_ids = app.chat_history.conversation_id, app.last_plan.ids
     doc.write_text("Llamas spit when they are annoyed.\n")  # changed while the chat was closed
     again = make_app(engine, tmp_path)
     async with again.run_test(size=SIZE) as pilot:
@@ -131,7 +131,7 @@ async def test_binary_files_are_refused_and_nothing_is_attached(engine, tmp_path
         await slash(pilot, f"/attach {blob}")
         assert any("image.png: a binary file" in n for n in notes)
         assert app.attached == [] and app.query_one(DocumentChips).has_class("hidden")
-        count = app.history.connection().execute("SELECT count(*) FROM documents").fetchone()[0]
+        count = app.chat_history.db.connection().execute("SELECT count(*) FROM documents").fetchone()[0]
         assert count == 0
 
 
@@ -198,7 +198,7 @@ async def test_documents_stay_usable_when_the_database_refuses_them(engine, tmp_
         real_add = retrieval.add
 
         def locked(db, *args):
-            if db is app.history.connection():
+            if db is app.chat_history.db.connection():
                 raise sqlite3.OperationalError("database is locked")
             return real_add(db, *args)
 

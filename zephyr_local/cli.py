@@ -552,7 +552,7 @@ def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) ->
         _pull_default_model(ctx)
         app = ChatApp(config)
         app.run()
-    history = app.history
+    history = app.chat_history.db
     if history is not None and history.pending:
         click.secho(f"Warning: {history.pending} change(s) of this chat could not be saved to "
                     f"{history.path} ({history.problem}).", err=True, fg="yellow")

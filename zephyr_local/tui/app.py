@@ -2,8 +2,13 @@
 
 The model loads on a worker thread while the app is already usable; each reply is
 consumed on one thread worker that hands the UI batched text (generation.py).
-Conversation bookkeeping (history, export) lives in the HistoryMixin, attached
-documents in the DocumentsMixin, versions of messages in the BranchesMixin.
+The conversation as the history database keeps it (and its export) is the
+ChatHistory the app owns (chat_history.py); attached documents live in the
+DocumentsMixin, versions of messages in the BranchesMixin.
+
+Per-conversation state outside the database (such as a saved KV cache) hooks in
+at two points: `conversation_opened` (after a stored conversation is shown, or a
+new chat started) and `_reply_done` (after a reply is committed).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
+from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -25,11 +31,12 @@ from zephyr_local.history import StoredMessage
 from zephyr_local.lookup import LookupOptions
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.tui.branches_mixin import BranchesMixin
+from zephyr_local.tui.chat_history import ChatHistory
 from zephyr_local.tui.commands import COMMANDS, parse_slash
+from zephyr_local.tui.confirm_screen import ConfirmScreen
 from zephyr_local.tui.documents_mixin import DocumentsMixin
-from zephyr_local.tui.generation import DisplayFilter, UIPacer, stream_batched
+from zephyr_local.tui.generation import DisplayFilter, UIPacer, clean_for_display, stream_batched
 from zephyr_local.tui.help_screen import HelpScreen
-from zephyr_local.tui.history_mixin import HistoryMixin
 from zephyr_local.tui.missing_screen import ModelMissingScreen
 from zephyr_local.tui.sampling_screen import SamplingScreen
 from zephyr_local.tui.text_screen import TextEditScreen
@@ -60,7 +67,7 @@ class ChatConfig:
 DISCLAIMER = "Replies may be inaccurate. The model runs offline, on this machine."
 
 
-class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
+class ChatApp(DocumentsMixin, BranchesMixin, App):
     """Chat with Zephyr. Pass `engine` to reuse a loaded Engine (tests, benchmarks)."""
 
     CSS_PATH = "chat.tcss"
@@ -84,7 +91,11 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         self.load_error: ZephyrError | None = None
         self.generating = False
         self.last_final = None  # the final Response record of the last reply
-        self._init_history()
+        cfg = self.config
+        self.chat_history = ChatHistory(cfg.history_path, cfg.system_prompt, cfg.options,
+                                        self._model_name,
+                                        lambda message, **kw: self.notify(message, **kw),
+                                        self._history_saved)
         self._init_documents()
 
     def notify(self, message: str, *, markup: bool = False, **kwargs) -> None:
@@ -94,7 +105,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
-            yield HistorySidebar(id="sidebar", classes="hidden")
+            yield HistorySidebar(self.chat_history, id="sidebar", classes="hidden")
             with Vertical(id="conversation"):
                 with VerticalScroll(id="chat"):
                     yield Static("", id="system-note", classes="hidden")
@@ -108,8 +119,8 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         self._ui_thread_id = threading.get_ident()  # whose CPU time the reply pacer watches
         self.query_one("#chat").anchor()
         self.query_one(PromptInput).focus()
-        self._open_history()
-        self._reset_conversation_state()
+        self.chat_history.open()
+        self._show_system_prompt()
         if self.engine is not None:
             self._model_ready(self.engine)
         else:
@@ -120,7 +131,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             self.session.cancel()
         if self._owns_engine and self.engine is not None:
             self.engine.close()
-        self._close_history()
+        self.chat_history.close()
 
     # -- the model -------------------------------------------------------------
 
@@ -157,6 +168,12 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         if notice:
             self.notify(escape(notice.capitalize() + "."), timeout=8)
 
+    def _history_saved(self) -> None:
+        self.call_later(self.query_one(HistorySidebar).refresh_list)
+
+    def _model_name(self) -> str | None:
+        return self.engine.loaded.path.name if self.engine else self.config.model
+
     def _model_failed(self, exc: ZephyrError) -> None:
         from zephyr_local.errors import ModelNotFoundError
 
@@ -188,8 +205,8 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
     def chat_messages(self) -> list[dict]:
         """The conversation as the engine takes it: system prompt, then the messages."""
         chat = [{"role": v.role, "content": v.content} for v in self.views()]
-        if self.system_prompt:
-            chat.insert(0, {"role": "system", "content": self.system_prompt})
+        if self.chat_history.system_prompt:
+            chat.insert(0, {"role": "system", "content": self.chat_history.system_prompt})
         return chat
 
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
@@ -222,7 +239,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             return False
         if not self._can_generate():
             return False
-        self.save_message(StoredMessage("user", text))
+        self.chat_history.save(StoredMessage("user", text))
         await self.query_one("#chat").mount(MessageView("user", text))
         self.sync_versions()
         await self._start_reply()
@@ -248,7 +265,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         self.generating = True
         stream = Markdown.get_stream(view.markdown)
         self.refresh_documents()
-        self._generate(messages, self.options, view, stream)
+        self._generate(messages, self.chat_history.options, view, stream)
 
     @work(thread=True, group="reply", exit_on_error=False)
     def _generate(self, messages: list[dict], options: SamplingOptions, view, stream) -> None:
@@ -276,7 +293,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         stats = final.stats if final else None
         sources = [asdict(u) for u in self.last_plan.used] if self.last_plan else []
         view.set_sources(sources)
-        self.save_message(StoredMessage("assistant", text, reason,
+        self.chat_history.save(StoredMessage("assistant", text, reason,
                                         asdict(stats) if stats else None, sources or None))
         self.sync_versions()
         self.generating, self.last_final = False, final
@@ -297,7 +314,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             pass
         elif views and views[-1].role == "user":  # give the message back to edit and resend
             last = views[-1]
-            self.truncate_messages(len(views) - 1)
+            self.chat_history.truncate(len(views) - 1)
             await last.remove()
             prompt = self.query_one(PromptInput)
             prompt.text = last.content
@@ -314,6 +331,76 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             self.notify(f"{stats.dropped_turns} oldest turn(s) no longer fit the context budget "
                         "and were left out of the prompt.", severity="warning")
 
+    # -- conversations (the history sidebar, export) ------------------------------
+
+    def _busy(self) -> bool:
+        if self.generating:
+            self.notify("Stop the reply (Esc) first.", severity="warning")
+        return self.generating
+
+    async def action_new_chat(self) -> None:
+        if self._busy():
+            return
+        await self.query_one("#chat").remove_children(MessageView)
+        self.chat_history.reset()
+        await self.conversation_opened()
+        self.query_one(PromptInput).focus()
+
+    async def open_conversation(self, conversation_id: int) -> None:
+        """Resume a stored conversation: its messages, system prompt and sampling."""
+        if self._busy() or conversation_id == self.chat_history.conversation_id:
+            return  # already on screen, with changes the database may not have yet
+        messages = self.chat_history.load(conversation_id)
+        if messages is None:
+            self.notify("That conversation no longer exists.", severity="error")
+            return
+        chat = self.query_one("#chat", VerticalScroll)
+        await chat.remove_children(MessageView)
+        await chat.mount_all([MessageView.from_stored(m) for m in messages])
+        await self.conversation_opened()
+        chat.scroll_end(animate=False)
+        chat.anchor()
+
+    async def conversation_opened(self) -> None:
+        """The screen shows another conversation (a stored one, or a new chat)."""
+        self._show_system_prompt()
+        self.query_one(StatusBar).set_stats(None)
+        await self.load_documents(self.chat_history.conversation_id)
+
+    async def action_toggle_sidebar(self) -> None:
+        sidebar = self.query_one(HistorySidebar)
+        sidebar.toggle_class("hidden")
+        if sidebar.has_class("hidden"):
+            self.query_one(PromptInput).focus()
+            return
+        if self.chat_history.db is None:
+            self.notify("No history database is open.", severity="error")
+        await sidebar.refresh_list()
+        sidebar.list_view.focus()
+
+    async def on_history_sidebar_selected(self, event: HistorySidebar.Selected) -> None:
+        await self.open_conversation(event.conversation_id)
+        self.query_one(PromptInput).focus()
+
+    async def on_history_sidebar_delete_requested(
+        self, event: HistorySidebar.DeleteRequested
+    ) -> None:
+        if self.chat_history.db is None:
+            return
+        if event.conversation_id == self.chat_history.conversation_id:
+            if self._busy():
+                return
+            await self.action_new_chat()
+        self.chat_history.delete(event.conversation_id)
+        await self.query_one(HistorySidebar).refresh_list()
+
+    def action_export(self, target: str | None = None) -> None:
+        """`/export [PATH] [--all-branches]` (ChatHistory.export)."""
+        shown = [{"role": v.role, "content": v.content, "finish_reason": v.finish_reason}
+                 for v in self.views()]
+        self.chat_history.export(target, shown, lambda question, answered: self.push_screen(
+            ConfirmScreen(question, "Overwrite"), answered))
+
     # -- actions -----------------------------------------------------------------
 
     def action_stop(self) -> None:
@@ -326,7 +413,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         views = self.views()
         if views and views[-1].role == "assistant":
             if not self.branch_at(views[-1]):  # else the new reply is another version
-                self.truncate_messages(len(views) - 1)
+                self.chat_history.truncate(len(views) - 1)
             await views[-1].remove()
             views.pop()
         if not views:
@@ -346,7 +433,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             views = self.views()
             index = views.index(view)
             if not self.branch_at(view):  # else a new version; the old branch stays
-                self.truncate_messages(index)
+                self.chat_history.truncate(index)
             await self.query_one("#chat").remove_children(views[index:])
             await self.send(text)
 
@@ -360,7 +447,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             self.set_system_prompt(text)
             return
         self.push_screen(TextEditScreen("System prompt for this conversation",
-                                        self.system_prompt or "",
+                                        self.chat_history.system_prompt or "",
                                         "Empty means no system prompt."), self._system_edited)
 
     def _system_edited(self, text: str | None) -> None:
@@ -368,19 +455,25 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             self.set_system_prompt(text)
 
     def set_system_prompt(self, text: str) -> None:
-        self.set_system_prompt_quietly(text.strip() or None)
-        self.store_system_prompt()
+        self.chat_history.set_system_prompt(text.strip() or None)
+        self._show_system_prompt()
         self._show_context_estimate()
-        self.notify("System prompt set." if self.system_prompt else "System prompt cleared.")
+        self.notify("System prompt set." if self.chat_history.system_prompt
+                    else "System prompt cleared.")
+
+    def _show_system_prompt(self) -> None:
+        text = self.chat_history.system_prompt
+        note = self.query_one("#system-note", Static)
+        note.update(Text(f"System: {clean_for_display(text)}" if text else ""))
+        note.set_class(not text, "hidden")
 
     def action_sampling(self) -> None:
         def chosen(options: SamplingOptions | None) -> None:
             if options is not None:
-                self.options = options
-                self.store_sampling()
+                self.chat_history.set_options(options)
                 self.notify("Sampling settings saved for this conversation.")
 
-        self.push_screen(SamplingScreen(self.options), chosen)
+        self.push_screen(SamplingScreen(self.chat_history.options), chosen)
 
     def _last_reply(self) -> MessageView | None:
         replies = [v for v in self.views() if v.role == "assistant"]

@@ -15,25 +15,24 @@ from zephyr_local.tui.widgets.message import MessageView
 
 
 class BranchesMixin:
-    """Mixed into ChatApp (after HistoryMixin)."""
+    """Mixed into ChatApp: versions of `self.chat_history`'s conversation."""
 
     @property
     def branching(self) -> bool:
-        """Versions are kept only where there is a database to keep them in."""
-        return self.history is not None and self.conversation_id is not None
+        return self.chat_history.branching
 
     def sync_versions(self) -> None:
         """Give the views on screen their stored ids and version counts."""
         if not self.branching:
             return
-        for view, message in zip(self.views(), self.history.messages(self.conversation_id)):
+        for view, message in zip(self.views(), self.chat_history.messages()):
             view.set_stored(message)
 
     async def show_branch(self, start: int = 0) -> None:
         """Show the current branch again from message `start` on."""
         chat = self.query_one("#chat", VerticalScroll)
         views = self.views()
-        stored = self.history.messages(self.conversation_id)
+        stored = self.chat_history.messages()
         await chat.remove_children(views[start:])
         await chat.mount_all([MessageView.from_stored(m) for m in stored[start:]])
         self.sync_versions()
@@ -50,7 +49,7 @@ class BranchesMixin:
         if not self.branching or view.message_id is None:
             return
         index = self.views().index(view)
-        leaf = self.history.switch(self.conversation_id, view.message_id, event.step)
+        leaf = self.chat_history.switch(view.message_id, event.step)
         if leaf is None:
             edge = "first" if event.step < 0 else "last"
             self.notify(f"This is the {edge} version.", severity="information")
@@ -63,17 +62,17 @@ class BranchesMixin:
         new version of it; False where the message is not stored (nothing to keep)."""
         if not self.branching or view.message_id is None:
             return False
-        self.history.set_leaf(self.conversation_id, view.parent_id)
+        self.chat_history.set_leaf(view.parent_id)
         return True
 
     async def restore_after_failure(self) -> bool:
         """After a failed regenerate: show the reply it was replacing again, if any."""
         if not self.branching:
             return False
-        current = self.history.messages(self.conversation_id)
+        current = self.chat_history.messages()
         if not current or current[-1].role != "user":
             return False
-        leaf = self.history.switch(self.conversation_id, current[-1].id, 0)
+        leaf = self.chat_history.switch(current[-1].id, 0)
         if leaf is None or leaf == current[-1].id:
             return False
         await self.show_branch(len(current) - 1)

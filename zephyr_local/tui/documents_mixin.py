@@ -18,7 +18,7 @@ from zephyr_local.tui.widgets.chips import DocumentChips
 
 
 class DocumentsMixin:
-    """Mixed into ChatApp (after HistoryMixin, whose conversation it uses)."""
+    """Mixed into ChatApp: the documents of `self.chat_history`'s conversation."""
 
     def _init_documents(self) -> None:
         self.attached: list[retrieval.StoredDocument] = []
@@ -32,8 +32,8 @@ class DocumentsMixin:
         self.notify(message, markup=False, **kwargs)
 
     def _documents_db(self):
-        if self.history is not None and not self._in_memory:
-            db = self.history.connection()
+        if self.chat_history.db is not None and not self._in_memory:
+            db = self.chat_history.db.connection()
             if db is not None:
                 return db
         if self._memory_db is None:
@@ -46,7 +46,7 @@ class DocumentsMixin:
         try:
             return retrieval.add(self._documents_db(), conversation, doc, passages)
         except sqlite3.Error as exc:
-            if self._in_memory or self.history is None:
+            if self._in_memory or self.chat_history.db is None:
                 raise
             self._say(f"The history database refused the document ({exc}): documents are kept "
                       "for this session only.", severity="warning", timeout=10)
@@ -94,7 +94,7 @@ class DocumentsMixin:
             if stored.document.path == doc.path:  # attaching again: the file as it is now
                 self._unstore(stored)
                 self.attached.remove(stored)
-        conversation = None if self._in_memory else self.ensure_conversation()
+        conversation = None if self._in_memory else self.chat_history.ensure()
         doc_id = self._store(conversation, doc, passages)
         self.attached.append(retrieval.StoredDocument(doc_id, doc))
         await self.show_documents()
@@ -167,7 +167,7 @@ class DocumentsMixin:
             return
         self._unstore(stored)
         passages = documents.split(doc.text, self.engine.tokenizer)
-        conversation = None if self._in_memory else self.conversation_id
+        conversation = None if self._in_memory else self.chat_history.conversation_id
         self.attached[index] = retrieval.StoredDocument(self._store(conversation, doc, passages),
                                                         doc)
         self._say(f"{doc.name} changed on disk: read again ({doc.tokens} tokens).")
@@ -189,7 +189,7 @@ class DocumentsMixin:
             return "whole"
         messages = self.chat_messages() + [{"role": "user", "content": ""}]
         budget = self.session.context_budget
-        reserve = doc_prompt.reply_reserve(budget, self.options.max_tokens)
+        reserve = doc_prompt.reply_reserve(budget, self.chat_history.options.max_tokens)
         whole = doc_prompt.whole_prompt(self.engine.tokenizer, messages,
                                         [d.document for d in self.attached], budget, reserve)
         return "passages" if whole is None else "whole"
@@ -200,5 +200,5 @@ class DocumentsMixin:
             return 0
         if self._fit_mode() == "whole":
             return sum(d.document.tokens for d in self.attached)
-        reserve = doc_prompt.reply_reserve(self.session.context_budget, self.options.max_tokens)
+        reserve = doc_prompt.reply_reserve(self.session.context_budget, self.chat_history.options.max_tokens)
         return (self.session.context_budget - reserve) // 2
