@@ -541,7 +541,8 @@ def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) ->
 
     options, lookup = sampling_from(kwargs), lookup_from(kwargs)
     History(history_path).close()  # a corrupt or newer database: one-line error, file untouched
-    from zephyr_local.tui.app import ChatApp, ChatConfig
+    from zephyr_local.tui.app import ChatApp
+    from zephyr_local.tui.config import ChatConfig
 
     models_dir = ctx.obj.get("models_dir") if ctx.obj else None
     config = ChatConfig(model=model, adapter=adapter, models_dir=models_dir, system_prompt=system,

@@ -15,59 +15,37 @@ from __future__ import annotations
 
 import inspect
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 
-from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Markdown, Static
 
 from zephyr_local.errors import ZephyrError
 from zephyr_local.history import StoredMessage
-from zephyr_local.lookup import LookupOptions
 from zephyr_local.sampling import SamplingOptions
-from zephyr_local.tui.branches_mixin import BranchesMixin
 from zephyr_local.tui.chat_history import ChatHistory
 from zephyr_local.tui.commands import COMMANDS, parse_slash
+from zephyr_local.tui.config import DISCLAIMER, ChatConfig
 from zephyr_local.tui.confirm_screen import ConfirmScreen
 from zephyr_local.tui.documents_mixin import DocumentsMixin
-from zephyr_local.tui.generation import DisplayFilter, UIPacer, clean_for_display, stream_batched
+from zephyr_local.tui.generation import DisplayFilter, UIPacer, stream_batched
 from zephyr_local.tui.help_screen import HelpScreen
 from zephyr_local.tui.missing_screen import ModelMissingScreen
 from zephyr_local.tui.sampling_screen import SamplingScreen
 from zephyr_local.tui.text_screen import TextEditScreen
+from zephyr_local.tui.widgets.chat_view import ChatView
 from zephyr_local.tui.widgets.chips import DocumentChips
 from zephyr_local.tui.widgets.message import MessageView
 from zephyr_local.tui.widgets.prompt import PromptInput
 from zephyr_local.tui.widgets.sidebar import HistorySidebar
-from zephyr_local.tui.widgets.status import StatusBar, describe_quantization
+from zephyr_local.tui.widgets.status import StatusBar, describe_model
 
 
-@dataclass
-class ChatConfig:
-    """What `zephyr-local chat` was asked for."""
-
-    model: str | None = field(default=None, metadata={"help": "model path, store name or hub id"})
-    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter directory"})
-    models_dir: str | None = field(default=None, metadata={"help": "model store override"})
-    system_prompt: str | None = field(default=None, metadata={"help": "for new conversations"})
-    options: SamplingOptions = field(default_factory=SamplingOptions,
-                                     metadata={"help": "sampling for new conversations"})
-    context_budget: int | None = field(default=None, metadata={"help": "tokens; None = window"})
-    history_path: str | Path | None = field(default=None,
-                                            metadata={"help": "None = <home>/history.sqlite"})
-    lookup: LookupOptions = field(default_factory=LookupOptions,
-                                  metadata={"help": "prompt-lookup decoding"})
-
-
-DISCLAIMER = "Replies may be inaccurate. The model runs offline, on this machine."
-
-
-class ChatApp(DocumentsMixin, BranchesMixin, App):
+class ChatApp(DocumentsMixin, App):
     """Chat with Zephyr. Pass `engine` to reuse a loaded Engine (tests, benchmarks)."""
 
     CSS_PATH = "chat.tcss"
@@ -107,8 +85,7 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
         with Horizontal(id="main"):
             yield HistorySidebar(self.chat_history, id="sidebar", classes="hidden")
             with Vertical(id="conversation"):
-                with VerticalScroll(id="chat"):
-                    yield Static("", id="system-note", classes="hidden")
+                yield ChatView(id="chat")
                 yield DocumentChips(id="chips", classes="hidden")
                 yield PromptInput(id="prompt")
                 yield Static(DISCLAIMER, id="disclaimer")
@@ -117,10 +94,10 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
 
     async def on_mount(self) -> None:
         self._ui_thread_id = threading.get_ident()  # whose CPU time the reply pacer watches
-        self.query_one("#chat").anchor()
+        self.chat_view.anchor()
         self.query_one(PromptInput).focus()
         self.chat_history.open()
-        self._show_system_prompt()
+        self.chat_view.show_system_prompt(self.chat_history.system_prompt)
         if self.engine is not None:
             self._model_ready(self.engine)
         else:
@@ -158,11 +135,7 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
 
         self.engine = engine
         self.session = engine.session(self.config.context_budget, self.config.lookup)
-        loaded = engine.loaded
-        name = f"{loaded.path.name} · {describe_quantization(loaded.quantization)}"
-        if loaded.adapter_path:
-            name += f" + {Path(loaded.adapter_path).name}"
-        self.query_one(StatusBar).set_model(name, backend_name())
+        self.query_one(StatusBar).set_model(describe_model(engine.loaded), backend_name())
         self._show_context_estimate()
         notice = uses_own_template(engine.tokenizer)
         if notice:
@@ -175,16 +148,10 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
         return self.engine.loaded.path.name if self.engine else self.config.model
 
     def _model_failed(self, exc: ZephyrError) -> None:
-        from zephyr_local.errors import ModelNotFoundError
-
         self.load_error = exc
-        title = "Model not found" if isinstance(exc, ModelNotFoundError) else "Model cannot load"
-        self.query_one(StatusBar).set_model(f"no model ({title.lower()})", "")
-        from zephyr_local.store import DEFAULT_MODEL
-
-        default = self.config.model in (None, DEFAULT_MODEL) and not self.config.adapter
-        offer = isinstance(exc, ModelNotFoundError) and default
-        self.push_screen(ModelMissingScreen(title, str(exc), offer_pull=offer))
+        screen = ModelMissingScreen.for_error(exc, self.config.model, self.config.adapter)
+        self.query_one(StatusBar).set_model(f"no model ({screen.title_text.lower()})", "")
+        self.push_screen(screen)
 
     def _show_context_estimate(self) -> None:
         """Context used by the conversation as it stands (before the next reply)."""
@@ -199,8 +166,12 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
 
     # -- sending and streaming -------------------------------------------------
 
+    @property
+    def chat_view(self) -> ChatView:
+        return self.query_one(ChatView)
+
     def views(self) -> list[MessageView]:
-        return list(self.query_one("#chat").query(MessageView))
+        return self.chat_view.views()
 
     def chat_messages(self) -> list[dict]:
         """The conversation as the engine takes it: system prompt, then the messages."""
@@ -240,8 +211,8 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
         if not self._can_generate():
             return False
         self.chat_history.save(StoredMessage("user", text))
-        await self.query_one("#chat").mount(MessageView("user", text))
-        self.sync_versions()
+        await self.chat_view.mount(MessageView("user", text))
+        self.chat_view.sync(self.chat_history.messages())
         await self._start_reply()
         return True
 
@@ -257,7 +228,7 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
 
     async def _start_reply(self) -> None:
         messages = self.chat_messages()  # before the reply's own view joins the chat
-        chat = self.query_one("#chat", VerticalScroll)
+        chat = self.chat_view
         view = MessageView("assistant")
         view.add_class("streaming")
         await chat.mount(view)
@@ -295,7 +266,7 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
         view.set_sources(sources)
         self.chat_history.save(StoredMessage("assistant", text, reason,
                                         asdict(stats) if stats else None, sources or None))
-        self.sync_versions()
+        self.chat_view.sync(self.chat_history.messages())
         self.generating, self.last_final = False, final
         if self.attached and self.last_plan:
             await self.show_documents(self.last_plan.mode)
@@ -304,14 +275,18 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
             status.set_stats(stats)
             used = stats.prompt_tokens + stats.generation_tokens
             status.set_context(used, self.session.context_budget)
-            self._mark_dropped(stats)
+            self.chat_view.mark_dropped(stats.dropped_messages)
+            if stats.dropped_turns:
+                self.notify(f"{stats.dropped_turns} oldest turn(s) no longer fit the context "
+                            "budget and were left out of the prompt.", severity="warning")
 
     async def _reply_failed(self, view: MessageView, stream, exc: Exception) -> None:
         await stream.stop()
         await view.remove()
         views = self.views()
-        if await self.restore_after_failure():  # a failed regenerate: the earlier reply is back
-            pass
+        replaced = self.chat_history.restore_replaced()
+        if replaced is not None:  # a failed regenerate: the reply it replaced is back
+            await self.show_branch(replaced)
         elif views and views[-1].role == "user":  # give the message back to edit and resend
             last = views[-1]
             self.chat_history.truncate(len(views) - 1)
@@ -321,15 +296,6 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
             prompt.move_cursor(prompt.document.end)
         self.generating = False  # only now: the conversation on screen is settled
         self.notify(f"Generation failed: {exc}", severity="error", timeout=10)
-
-    def _mark_dropped(self, stats) -> None:
-        """Mark the messages the engine cut to fit the budget (the first `dropped_messages`)."""
-        for i, view in enumerate(self.views()):
-            if view.dropped != (i < stats.dropped_messages):
-                view.mark_dropped(i < stats.dropped_messages)
-        if stats.dropped_turns:
-            self.notify(f"{stats.dropped_turns} oldest turn(s) no longer fit the context budget "
-                        "and were left out of the prompt.", severity="warning")
 
     # -- conversations (the history sidebar, export) ------------------------------
 
@@ -341,7 +307,7 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
     async def action_new_chat(self) -> None:
         if self._busy():
             return
-        await self.query_one("#chat").remove_children(MessageView)
+        await self.chat_view.remove_children(MessageView)
         self.chat_history.reset()
         await self.conversation_opened()
         self.query_one(PromptInput).focus()
@@ -354,29 +320,21 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
         if messages is None:
             self.notify("That conversation no longer exists.", severity="error")
             return
-        chat = self.query_one("#chat", VerticalScroll)
-        await chat.remove_children(MessageView)
-        await chat.mount_all([MessageView.from_stored(m) for m in messages])
+        chat = self.chat_view
+        await chat.show(messages)
         await self.conversation_opened()
         chat.scroll_end(animate=False)
         chat.anchor()
 
     async def conversation_opened(self) -> None:
         """The screen shows another conversation (a stored one, or a new chat)."""
-        self._show_system_prompt()
+        self.chat_view.show_system_prompt(self.chat_history.system_prompt)
         self.query_one(StatusBar).set_stats(None)
         await self.load_documents(self.chat_history.conversation_id)
 
     async def action_toggle_sidebar(self) -> None:
-        sidebar = self.query_one(HistorySidebar)
-        sidebar.toggle_class("hidden")
-        if sidebar.has_class("hidden"):
+        if not await self.query_one(HistorySidebar).toggle():
             self.query_one(PromptInput).focus()
-            return
-        if self.chat_history.db is None:
-            self.notify("No history database is open.", severity="error")
-        await sidebar.refresh_list()
-        sidebar.list_view.focus()
 
     async def on_history_sidebar_selected(self, event: HistorySidebar.Selected) -> None:
         await self.open_conversation(event.conversation_id)
@@ -396,10 +354,30 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
 
     def action_export(self, target: str | None = None) -> None:
         """`/export [PATH] [--all-branches]` (ChatHistory.export)."""
-        shown = [{"role": v.role, "content": v.content, "finish_reason": v.finish_reason}
-                 for v in self.views()]
-        self.chat_history.export(target, shown, lambda question, answered: self.push_screen(
+        self.chat_history.export(target, self.chat_view.shown(), lambda question, answered: self.push_screen(
             ConfirmScreen(question, "Overwrite"), answered))
+
+    async def show_branch(self, start: int = 0) -> None:
+        """Show the current branch again from message `start` on."""
+        await self.chat_view.show(self.chat_history.messages(), start)
+        self.chat_view.mark_dropped(0)
+        self._show_context_estimate()
+        self.chat_view.scroll_end(animate=False)
+
+    async def on_message_view_version_requested(self, event: MessageView.VersionRequested) -> None:
+        view = event.view
+        if self.generating:
+            self.notify("Stop the reply (Esc) before switching versions.", severity="warning")
+            return
+        if not self.chat_history.branching or view.message_id is None:
+            return
+        index = self.views().index(view)
+        if self.chat_history.switch(view.message_id, event.step) is None:
+            edge = "first" if event.step < 0 else "last"
+            self.notify(f"This is the {edge} version.", severity="information")
+            return
+        await self.show_branch(index)
+        self.views()[index].focus()
 
     # -- actions -----------------------------------------------------------------
 
@@ -412,7 +390,7 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
             return
         views = self.views()
         if views and views[-1].role == "assistant":
-            if not self.branch_at(views[-1]):  # else the new reply is another version
+            if not self.chat_history.branch_at(views[-1]):  # else another version of it
                 self.chat_history.truncate(len(views) - 1)
             await views[-1].remove()
             views.pop()
@@ -432,12 +410,12 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
                 return
             views = self.views()
             index = views.index(view)
-            if not self.branch_at(view):  # else a new version; the old branch stays
+            if not self.chat_history.branch_at(view):  # else a new version; the old stays
                 self.chat_history.truncate(index)
-            await self.query_one("#chat").remove_children(views[index:])
+            await self.chat_view.remove_children(views[index:])
             await self.send(text)
 
-        note = ("the current version stays: [ / ] switch back" if self.branching
+        note = ("the current version stays: [ / ] switch back" if self.chat_history.branching
                 else "later turns are dropped")
         self.push_screen(TextEditScreen(f"Edit message and resend ({note})", view.content),
                          resend)
@@ -456,16 +434,10 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
 
     def set_system_prompt(self, text: str) -> None:
         self.chat_history.set_system_prompt(text.strip() or None)
-        self._show_system_prompt()
+        self.chat_view.show_system_prompt(self.chat_history.system_prompt)
         self._show_context_estimate()
         self.notify("System prompt set." if self.chat_history.system_prompt
                     else "System prompt cleared.")
-
-    def _show_system_prompt(self) -> None:
-        text = self.chat_history.system_prompt
-        note = self.query_one("#system-note", Static)
-        note.update(Text(f"System: {clean_for_display(text)}" if text else ""))
-        note.set_class(not text, "hidden")
 
     def action_sampling(self) -> None:
         def chosen(options: SamplingOptions | None) -> None:
@@ -475,16 +447,12 @@ class ChatApp(DocumentsMixin, BranchesMixin, App):
 
         self.push_screen(SamplingScreen(self.chat_history.options), chosen)
 
-    def _last_reply(self) -> MessageView | None:
-        replies = [v for v in self.views() if v.role == "assistant"]
-        return replies[-1] if replies else None
-
     def action_copy_reply(self) -> None:
-        reply = self._last_reply()
+        reply = self.chat_view.last_reply()
         reply.action_copy() if reply else self.notify("No reply yet.", severity="warning")
 
     def action_copy_code(self) -> None:
-        reply = self._last_reply()
+        reply = self.chat_view.last_reply()
         reply.action_copy_code() if reply else self.notify("No reply yet.", severity="warning")
 
     def action_help(self) -> None:

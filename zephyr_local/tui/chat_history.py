@@ -148,9 +148,23 @@ class ChatHistory:
         """Show another version of a message: the new leaf, None past the first or last."""
         return self.db.switch(self.conversation_id, message_id, step)
 
-    def set_leaf(self, message_id: int | None) -> None:
-        """Continue the conversation from `message_id` (None: from the start)."""
-        self.db.set_leaf(self.conversation_id, message_id)
+    def branch_at(self, message) -> bool:
+        """Continue the conversation from just before `message` (a MessageView: its
+        message_id and parent_id), so that what follows is a new version of it; False
+        where the message is not stored (nothing to keep)."""
+        if not self.branching or message.message_id is None:
+            return False
+        self.db.set_leaf(self.conversation_id, message.parent_id)
+        return True
+
+    def restore_replaced(self) -> int | None:
+        """After a failed regenerate: make the reply it was replacing current again; the
+        index to show the branch from, None where there was none."""
+        current = self.messages()
+        if not current or current[-1].role != "user":
+            return None
+        leaf = self.switch(current[-1].id, 0)
+        return None if leaf is None or leaf == current[-1].id else len(current) - 1
 
     # -- other conversations ------------------------------------------------------
 

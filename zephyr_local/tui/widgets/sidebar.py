@@ -54,6 +54,17 @@ class HistorySidebar(Vertical):
     def list_view(self) -> ListView:
         return self.query_one(ListView)
 
+    async def toggle(self) -> bool:
+        """Show the sidebar (listing and focused) or hide it; whether it is shown now."""
+        self.toggle_class("hidden")
+        if self.has_class("hidden"):
+            return False
+        if self.history.db is None:
+            self.notify("No history database is open.", severity="error")
+        await self.refresh_list()
+        self.list_view.focus()
+        return True
+
     async def refresh_list(self) -> None:
         """List the stored conversations again (while the sidebar is shown)."""
         if self.history.db is not None and not self.has_class("hidden"):
