@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from test_chat_app import GREEDY, SIZE, make_app, type_and_send, wait_until
 from test_documents import independent_ranking, long_markdown
+from tui_helpers import GREEDY, SIZE, make_app, type_and_send, wait_until
 
 from zephyr_local import documents, retrieval
 from zephyr_local.history import History, StoredMessage

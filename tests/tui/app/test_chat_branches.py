@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_chat_app import (
+from tui_helpers import (
     GREEDY,
     SIZE,
     edit_message,

@@ -1,139 +1,37 @@
-"""The chat app, driven by Textual's Pilot on the tiny test model."""
+"""The whole chat app, driven by Textual's Pilot on the tiny test model."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
+from tui_helpers import (
+    GREEDY,
+    SIZE,
+    edit_message,
+    make_app,
+    reference_reply,
+    roles,
+    stored,
+    type_and_send,
+    wait_until,
+)
 
 from zephyr_local.cli import read_messages
 from zephyr_local.engine import Response
 from zephyr_local.history import History, StoredMessage
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.template import encode, fit_to_budget
-from zephyr_local.tui.app import ChatApp, ChatConfig
+from zephyr_local.tui.app import ChatApp
+from zephyr_local.tui.config import ChatConfig
 from zephyr_local.tui.generation import (
-    DisplayFilter,
-    UIPacer,
     clean_for_display,
-    stream_batched,
 )
 from zephyr_local.tui.missing_screen import ModelMissingScreen
 from zephyr_local.tui.sampling_screen import SamplingScreen
 from zephyr_local.tui.text_screen import TextEditScreen
-from zephyr_local.tui.widgets.message import last_code_block
 from zephyr_local.tui.widgets.prompt import PromptInput
 from zephyr_local.tui.widgets.sidebar import ConversationItem, HistorySidebar
-
-GREEDY = SamplingOptions(temperature=0.0, max_tokens=8)
-SIZE = (100, 30)
-
-
-async def wait_until(pilot, condition, timeout: float = 30.0) -> None:
-    """Let the app run until `condition()` holds (fails the test after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the app")
-        await pilot.pause(0.02)
-
-
-async def type_and_send(pilot, text: str) -> None:
-    pilot.app.query_one(PromptInput).text = text
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: not pilot.app.generating)
-
-
-async def edit_message(pilot, index: int, text: str) -> None:
-    """Edit message `index` (Tab to it, e) and resend it as `text`."""
-    app = pilot.app
-    app.views()[index].focus()
-    await pilot.press("e")
-    await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
-    app.screen.query_one("TextArea").text = text
-    await pilot.press("ctrl+s")
-
-
-def make_app(engine, tmp_path, options=GREEDY, **config) -> ChatApp:
-    cfg = ChatConfig(options=options, history_path=tmp_path / "history.sqlite", **config)
-    return ChatApp(cfg, engine=engine)
-
-
-def roles(app):
-    return [v.role for v in app.views()]
-
-
-def stored(tmp_path, conversation_id):
-    with_db = History(tmp_path / "history.sqlite")
-    try:
-        return with_db.messages(conversation_id)
-    finally:
-        with_db.close()
-
-
-def reference_reply(engine, messages, options=GREEDY) -> str:
-    """The engine's own reply on a fresh session: the oracle for what the app shows."""
-    return "".join(r.text for r in engine.session().reply(messages, options))
-
-
-# -- pure pieces ---------------------------------------------------------------
-
-
-def test_stream_batched_flushes_by_time_and_keeps_every_piece():
-    ticks = iter(i * 0.01 for i in range(100))  # each record arrives 10 ms after the last
-    records = [Response(f"t{i} ", i) for i in range(10)] + [Response("end", None, "stop")]
-    chunks = []
-    text, final = stream_batched(records, chunks.append, interval=0.04, clock=lambda: next(ticks))
-    assert text == "".join(r.text for r in records) and final is records[-1]
-    assert "".join(chunks) == text
-    # Clock 0.00 at start, record i seen at 0.01*(i+1): flushes at 0.04, 0.08, then the rest.
-    assert chunks == ["t0 t1 t2 t3 ", "t4 t5 t6 t7 ", "t8 t9 end"]
-
-
-@pytest.mark.skipif(not hasattr(time, "pthread_getcpuclockid"), reason="no thread CPU clock")
-def test_ui_pacer_backs_off_while_the_ui_thread_is_busy():
-    import threading
-
-    pacer = UIPacer(threading.get_ident(), base=0.04, ceiling=0.5, share=0.1)
-    end = time.monotonic() + 0.05
-    while time.monotonic() < end:  # the "UI" burns CPU: lengthen the interval
-        pass
-    pacer.update()
-    assert pacer() == pytest.approx(0.06)
-    time.sleep(0.05)  # idle: back toward the base
-    pacer.update()
-    assert pacer() == pytest.approx(0.04)
-    time.sleep(0.05)
-    pacer.update()
-    assert pacer() == pytest.approx(0.04)  # never below the base
-
-
-def test_clean_for_display_strips_terminal_escapes():
-    raw = "a\x1b[31mred\x1b[0m b\x1b]0;title\x07c\x07\x00d\r\ne\tf\x9b"
-    assert clean_for_display(raw) == "ared bcd\ne\tf"
-
-
-def test_display_filter_holds_back_split_escape_sequences():
-    f = DisplayFilter()
-    pieces = ["a\x1b[3", "1mb\x1b", "]0;t", "itle\x07c\x1b"]
-    shown = [f.feed(p) for p in pieces] + [f.flush()]
-    assert shown == ["a", "b", "", "c", ""]
-
-
-def test_last_code_block():
-    md = "x\n```python\nprint(1)\n```\ntext\n```\nsecond\nblock\n```\n"
-    assert last_code_block(md) == "second\nblock\n"
-    assert last_code_block("no code") is None
-
-
-# -- the conversation loop -----------------------------------------------------------
 
 
 @pytest.mark.asyncio
@@ -384,9 +282,6 @@ async def test_input_history_recall_and_palette_entries(engine, tmp_path):
                 "Sampling settings", "Copy last code block", "Help"} <= titles
 
 
-# -- faults --------------------------------------------------------------------
-
-
 @pytest.mark.asyncio
 async def test_model_missing_screen_and_history_still_opens(tmp_path, monkeypatch):
     monkeypatch.setenv("ZEPHYR_LOCAL_HOME", str(tmp_path))
@@ -428,22 +323,6 @@ async def test_missing_default_model_offers_pull_and_exits_for_it(tmp_path):
         await wait_until(pilot, lambda: isinstance(other.screen, ModelMissingScreen)
                          and other.screen.query("#close"))
         assert not other.screen.query("#pull")  # only the default model can be fetched
-
-
-def test_chat_command_runs_pull_then_quantize_then_reopens(run_cli, tmp_path, monkeypatch):
-    from zephyr_local.cli import cli
-
-    calls = []
-    results = iter(["pull", None])
-    monkeypatch.setattr(ChatApp, "run", lambda self: calls.append("chat") or next(results))
-    monkeypatch.setattr(cli.commands["pull"], "callback",
-                        lambda **kw: calls.append(("pull", kw["repo_id"])))
-    monkeypatch.setattr(cli.commands["quantize"], "callback",
-                        lambda **kw: calls.append(("quantize", kw["model"], kw["bits"])))
-    result = run_cli("chat", "--history", str(tmp_path / "h.sqlite"))
-    assert result.exit_code == 0, result.output
-    assert calls == ["chat", ("pull", "HuggingFaceH4/zephyr-7b-beta"),
-                     ("quantize", "HuggingFaceH4/zephyr-7b-beta", 4), "chat"]
 
 
 @pytest.mark.asyncio
@@ -490,125 +369,3 @@ async def test_unknown_slash_command_and_empty_message(engine, tmp_path):
         assert app.views() == [] and app.query_one(PromptInput).text == "   \n "
         assert "unknown command /frobnicate" in notes[0] and "/regen" in notes[0]
         assert notes[1] == "The message is empty."
-
-
-@pytest.mark.asyncio
-async def test_no_network_connection_while_loading_and_chatting(test_model, tmp_path,
-                                                               monkeypatch):
-    def refuse(self, *args, **kwargs):
-        raise AssertionError(f"network connection attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    app = ChatApp(ChatConfig(model=str(test_model), options=GREEDY,
-                             history_path=tmp_path / "history.sqlite"))
-    async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: app.session is not None or app.load_error is not None)
-        assert app.load_error is None
-        await type_and_send(pilot, "Offline?")
-        assert app.views()[1].finish_reason == "length"
-
-
-CRASH_SCRIPT = textwrap.dedent("""
-    import asyncio, sys, time
-    import zephyr_local
-    from zephyr_local.sampling import SamplingOptions
-    from zephyr_local.tui.app import ChatApp, ChatConfig
-    from zephyr_local.tui.widgets.prompt import PromptInput
-
-    async def main(model, db):
-        app = ChatApp(ChatConfig(model=model, history_path=db,
-                                 options=SamplingOptions(temperature=0, max_tokens=6)))
-        async with app.run_test() as pilot:
-            async def until(cond):
-                while not cond():
-                    await pilot.pause(0.02)
-            await until(lambda: app.session is not None)
-            app.query_one(PromptInput).text = "first"
-            await pilot.press("enter")
-            await until(lambda: len(app.views()) == 2 and not app.generating)
-            app.chat_history.options = SamplingOptions(temperature=0, max_tokens=100000)
-            app.query_one(PromptInput).text = "second"
-            await pilot.press("enter")
-            await until(lambda: app.generating and app.views()[-1].markdown.source)
-            print("STREAMING", flush=True)
-            await asyncio.sleep(600)
-
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
-""")
-
-
-def test_kill_9_mid_reply_keeps_every_completed_message(test_model, tmp_path):
-    script = tmp_path / "crash.py"
-    script.write_text(CRASH_SCRIPT)
-    db = tmp_path / "history.sqlite"
-    proc = subprocess.Popen([sys.executable, str(script), str(test_model), str(db)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "STREAMING", proc.stderr.read()
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    history = History(db)  # reopens after the crash (WAL recovery), no error
-    [conv] = history.list()
-    rows = history.messages(conv.id)
-    history.close()
-    assert [(m.role, m.content) for m in rows[:3]] == [
-        ("user", "first"), ("assistant", rows[1].content), ("user", "second")]
-    assert rows[1].finish_reason == "length" and rows[1].content
-    assert len(rows) == 3  # only the reply in flight is lost
-
-
-# -- snapshots -----------------------------------------------------------------------
-
-
-def _snapshot_history(tmp_path) -> int:
-    history = History(tmp_path / "history.sqlite")
-    cid = history.create(system_prompt="You are a helpful assistant.")
-    history.append(cid, StoredMessage("user", "How do I reverse a list in Python?"))
-    history.append(cid, StoredMessage(
-        "assistant", "Use slicing:\n\n```python\nitems = [1, 2, 3]\nprint(items[::-1])\n```\n\n"
-        "Or `items.reverse()` to do it **in place**.", "stop"))
-    history.append(cid, StoredMessage("user", "And a tuple?"))
-    history.append(cid, StoredMessage("assistant", "The same slice works: `t[::-1]`", "cancelled"))
-    other = history.create()
-    history.append(other, StoredMessage("user", "What is a KV cache?"))
-    history.close()
-    return cid
-
-
-def test_snapshot_main_screen(snap_compare, engine, tmp_path):
-    cid = _snapshot_history(tmp_path)
-
-    async def resume(pilot):
-        pilot.app.query_one(PromptInput).cursor_blink = False  # the cursor is always drawn
-        await pilot.app.open_conversation(cid)
-        await pilot.pause()
-
-    assert snap_compare(make_app(engine, tmp_path), terminal_size=SIZE, run_before=resume)
-
-
-def test_snapshot_history_sidebar(snap_compare, engine, tmp_path):
-    cid = _snapshot_history(tmp_path)
-
-    async def open_sidebar(pilot):
-        await pilot.app.open_conversation(cid)
-        await pilot.press("ctrl+b")
-        await pilot.pause()
-
-    assert snap_compare(make_app(engine, tmp_path), terminal_size=SIZE, run_before=open_sidebar)
-
-
-def test_snapshot_model_missing(snap_compare, tmp_path, monkeypatch):
-    monkeypatch.chdir("/")  # the message names the paths tried: keep them fixed
-
-    async def until_shown(pilot):
-        await wait_until(pilot, lambda: isinstance(pilot.app.screen, ModelMissingScreen))
-        await pilot.pause()
-
-    app = ChatApp(ChatConfig(model="zephyr-7b-beta-4bit", models_dir="/nonexistent/models",
-                             history_path=tmp_path / "history.sqlite"))
-    assert snap_compare(app, terminal_size=SIZE, run_before=until_shown)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_chat_app import make_app, type_and_send, wait_until
+from tui_helpers import make_app, type_and_send, wait_until
 
 from zephyr_local.history import History, StoredMessage
 
