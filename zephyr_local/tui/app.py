@@ -32,7 +32,7 @@ from zephyr_local.tui.commands import COMMANDS, parse_slash
 from zephyr_local.tui.config import DISCLAIMER, ChatConfig
 from zephyr_local.tui.confirm_screen import ConfirmScreen
 from zephyr_local.tui.documents_mixin import DocumentsMixin
-from zephyr_local.tui.generation import DisplayFilter, UIPacer, stream_batched
+from zephyr_local.tui.generation import stream_to_screen
 from zephyr_local.tui.help_screen import HelpScreen
 from zephyr_local.tui.missing_screen import ModelMissingScreen
 from zephyr_local.tui.sampling_screen import SamplingScreen
@@ -85,7 +85,7 @@ class ChatApp(DocumentsMixin, App):
         with Horizontal(id="main"):
             yield HistorySidebar(self.chat_history, id="sidebar", classes="hidden")
             with Vertical(id="conversation"):
-                yield ChatView(id="chat")
+                yield ChatView(self.chat_history, lambda: self.generating, id="chat")
                 yield DocumentChips(id="chips", classes="hidden")
                 yield PromptInput(id="prompt")
                 yield Static(DISCLAIMER, id="disclaimer")
@@ -242,15 +242,10 @@ class ChatApp(DocumentsMixin, App):
     def _generate(self, messages: list[dict], options: SamplingOptions, view, stream) -> None:
         """Consume the reply on this worker thread; the UI gets batched text."""
 
-        screen_text, pacer = DisplayFilter(), UIPacer(self._ui_thread_id)
-
-        def show(chunk: str) -> None:
-            self.call_from_thread(stream.write, screen_text.feed(chunk))
-            pacer.update()
-
         try:
-            text, final = stream_batched(self.reply_records(messages, options), show, pacer)
-            self.call_from_thread(stream.write, screen_text.flush())
+            text, final = stream_to_screen(self.reply_records(messages, options),
+                                           partial(self.call_from_thread, stream.write),
+                                           self._ui_thread_id)
         except Exception as exc:  # shown as a notice; the conversation stays as it was
             self.call_from_thread(self._reply_failed, view, stream, exc)
             return
@@ -265,7 +260,7 @@ class ChatApp(DocumentsMixin, App):
         sources = [asdict(u) for u in self.last_plan.used] if self.last_plan else []
         view.set_sources(sources)
         self.chat_history.save(StoredMessage("assistant", text, reason,
-                                        asdict(stats) if stats else None, sources or None))
+                                             asdict(stats) if stats else None, sources or None))
         self.chat_view.sync(self.chat_history.messages())
         self.generating, self.last_final = False, final
         if self.attached and self.last_plan:
@@ -286,7 +281,8 @@ class ChatApp(DocumentsMixin, App):
         views = self.views()
         replaced = self.chat_history.restore_replaced()
         if replaced is not None:  # a failed regenerate: the reply it replaced is back
-            await self.show_branch(replaced)
+            await self.chat_view.show_branch(replaced)
+            self._show_context_estimate()
         elif views and views[-1].role == "user":  # give the message back to edit and resend
             last = views[-1]
             self.chat_history.truncate(len(views) - 1)
@@ -354,30 +350,13 @@ class ChatApp(DocumentsMixin, App):
 
     def action_export(self, target: str | None = None) -> None:
         """`/export [PATH] [--all-branches]` (ChatHistory.export)."""
-        self.chat_history.export(target, self.chat_view.shown(), lambda question, answered: self.push_screen(
-            ConfirmScreen(question, "Overwrite"), answered))
+        def confirm(question: str, answered) -> None:
+            self.push_screen(ConfirmScreen(question, "Overwrite"), answered)
 
-    async def show_branch(self, start: int = 0) -> None:
-        """Show the current branch again from message `start` on."""
-        await self.chat_view.show(self.chat_history.messages(), start)
-        self.chat_view.mark_dropped(0)
+        self.chat_history.export(target, self.chat_view.shown(), confirm)
+
+    def on_chat_view_branch_shown(self, event: ChatView.BranchShown) -> None:
         self._show_context_estimate()
-        self.chat_view.scroll_end(animate=False)
-
-    async def on_message_view_version_requested(self, event: MessageView.VersionRequested) -> None:
-        view = event.view
-        if self.generating:
-            self.notify("Stop the reply (Esc) before switching versions.", severity="warning")
-            return
-        if not self.chat_history.branching or view.message_id is None:
-            return
-        index = self.views().index(view)
-        if self.chat_history.switch(view.message_id, event.step) is None:
-            edge = "first" if event.step < 0 else "last"
-            self.notify(f"This is the {edge} version.", severity="information")
-            return
-        await self.show_branch(index)
-        self.views()[index].focus()
 
     # -- actions -----------------------------------------------------------------
 
@@ -426,11 +405,8 @@ class ChatApp(DocumentsMixin, App):
             return
         self.push_screen(TextEditScreen("System prompt for this conversation",
                                         self.chat_history.system_prompt or "",
-                                        "Empty means no system prompt."), self._system_edited)
-
-    def _system_edited(self, text: str | None) -> None:
-        if text is not None:
-            self.set_system_prompt(text)
+                                        "Empty means no system prompt."),
+                         lambda edited: edited is None or self.set_system_prompt(edited))
 
     def set_system_prompt(self, text: str) -> None:
         self.chat_history.set_system_prompt(text.strip() or None)

@@ -6,12 +6,14 @@ import pytest
 from textual.app import App
 
 from zephyr_local.history import StoredMessage
+from zephyr_local.sampling import SamplingOptions
+from zephyr_local.tui.chat_history import ChatHistory
 from zephyr_local.tui.widgets.chat_view import ChatView
 
 
 class ChatViewApp(App):
     def compose(self):
-        yield ChatView()
+        yield ChatView(self.history)
 
 
 STORED = [StoredMessage("user", "q1", id=1), StoredMessage("assistant", "a1", "stop", id=2,
@@ -21,8 +23,10 @@ STORED = [StoredMessage("user", "q1", id=1), StoredMessage("assistant", "a1", "s
 
 
 @pytest.mark.asyncio
-async def test_chat_view_shows_stored_messages_marks_dropped_and_the_system_note():
+async def test_chat_view_shows_stored_messages_marks_dropped_and_the_system_note(tmp_path):
     app = ChatViewApp()
+    app.history = ChatHistory(tmp_path / "h.sqlite", None, SamplingOptions(), lambda: None,
+                              lambda message, **kw: None)
     async with app.run_test() as pilot:
         chat = app.query_one(ChatView)
         await chat.show(STORED)

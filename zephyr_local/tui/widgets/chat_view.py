@@ -1,17 +1,42 @@
-"""The conversation on screen: the system prompt's note and one MessageView per message."""
+"""The conversation on screen: the system prompt's note and one MessageView per message.
+
+The view shows one branch of the conversation's tree (history.py), from the first
+message to the current leaf. `[` / `]` on a message move between its versions and
+the conversation below follows; the view asks its ChatHistory to switch and posts
+BranchShown. The engine's KV cache is trimmed to the common prefix of what it holds
+and the new prompt, so after a switch only the tokens past the branch point are
+prefilled.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.text import Text
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.widgets import Static
 
+from zephyr_local.tui.chat_history import ChatHistory
 from zephyr_local.tui.generation import clean_for_display
 from zephyr_local.tui.widgets.message import MessageView
 
 
 class ChatView(VerticalScroll):
-    """The messages of the branch shown, oldest first, under the system prompt's note."""
+    """The messages of the branch shown, oldest first, under the system prompt's note.
+
+    Args:
+        history: the conversation whose versions `[` / `]` switch between.
+        busy: whether a reply is streaming (no switching then).
+    """
+
+    class BranchShown(Message):
+        """Another version is shown: what the prompt holds has changed."""
+
+    def __init__(self, history: ChatHistory, busy: Callable[[], bool] = lambda: False,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.history, self.busy = history, busy
 
     def compose(self):
         yield Static("", id="system-note", classes="hidden")
@@ -49,3 +74,26 @@ class ChatView(VerticalScroll):
         for i, view in enumerate(self.views()):
             if view.dropped != (i < count):
                 view.mark_dropped(i < count)
+
+    async def show_branch(self, start: int = 0) -> None:
+        """Show the current branch again from message `start` on."""
+        await self.show(self.history.messages(), start)
+        self.mark_dropped(0)
+        self.scroll_end(animate=False)
+
+    async def on_message_view_version_requested(self, event: MessageView.VersionRequested) -> None:
+        event.stop()
+        view = event.view
+        if self.busy():
+            self.notify("Stop the reply (Esc) before switching versions.", severity="warning")
+            return
+        if not self.history.branching or view.message_id is None:
+            return
+        index = self.views().index(view)
+        if self.history.switch(view.message_id, event.step) is None:
+            edge = "first" if event.step < 0 else "last"
+            self.notify(f"This is the {edge} version.", severity="information")
+            return
+        await self.show_branch(index)
+        self.views()[index].focus()
+        self.post_message(self.BranchShown())
