@@ -2,9 +2,10 @@
 
 The model loads on a worker thread while the app is already usable; each reply is
 consumed on one thread worker that hands the UI batched text (generation.py).
-The conversation as the history database keeps it (and its export) is the
-ChatHistory the app owns (chat_history.py); attached documents live in the
-DocumentsMixin, versions of messages in the BranchesMixin.
+The conversation as the history database keeps it (writes, versions, export) is
+the ChatHistory the app owns (chat_history.py); the screen's messages are a ChatView
+(widgets/chat_view.py), which also switches versions; attached documents live in
+the DocumentsMixin.
 
 Per-conversation state outside the database (such as a saved KV cache) hooks in
 at two points: `conversation_opened` (after a stored conversation is shown, or a
