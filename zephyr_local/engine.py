@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from zephyr_local import loading, lookup, store
 from zephyr_local.lookup import LookupCounts, LookupOptions
@@ -78,7 +78,7 @@ class Engine:
         model: str | Path | None = None,
         adapter: str | Path | None = None,
         models_dir: str | Path | None = None,
-    ) -> "Engine":
+    ) -> Engine:
         """Resolve `model` (path, store name or downloaded hub id) and load it."""
         path = store.resolve_model(model, store.models_dir(models_dir))
         adapter_path = Path(adapter).expanduser() if adapter else None
@@ -127,7 +127,9 @@ class ChatSession:
         """Stop the reply in progress after at most one more token (any thread)."""
         self._cancel.set()
 
-    def reply(self, messages: Sequence[dict], options: SamplingOptions | None = None) -> Iterator[Response]:
+    def reply(
+        self, messages: Sequence[dict], options: SamplingOptions | None = None
+    ) -> Iterator[Response]:
         """Stream the assistant's reply to a conversation.
 
         The oldest turns are dropped to fit the context budget (the final

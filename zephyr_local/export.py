@@ -113,4 +113,5 @@ def register(cli) -> None:
         written = export_peft(Path(adapter), Path(out), base_model, force)
         config = json.loads((written / PEFT_CONFIG).read_text())
         click.echo(f"Wrote {written} (PEFT LoRA r={config['r']}, "
-                   f"lora_alpha={config['lora_alpha']}, base {config['base_model_name_or_path']!r})")
+                   f"lora_alpha={config['lora_alpha']}, "
+                   f"base {config['base_model_name_or_path']!r})")

@@ -58,8 +58,8 @@ class DocumentsMixin:
         db, moved = self._documents_db(), []
         for stored in self.attached:
             passages = documents.split(stored.document.text, self.engine.tokenizer)
-            moved.append(retrieval.StoredDocument(retrieval.add(db, None, stored.document, passages),
-                                                  stored.document))
+            doc_id = retrieval.add(db, None, stored.document, passages)
+            moved.append(retrieval.StoredDocument(doc_id, stored.document))
         self.attached = moved
 
     def _unstore(self, stored: retrieval.StoredDocument) -> None:
@@ -200,5 +200,6 @@ class DocumentsMixin:
             return 0
         if self._fit_mode() == "whole":
             return sum(d.document.tokens for d in self.attached)
-        reserve = doc_prompt.reply_reserve(self.session.context_budget, self.chat_history.options.max_tokens)
-        return (self.session.context_budget - reserve) // 2
+        budget = self.session.context_budget
+        reserve = doc_prompt.reply_reserve(budget, self.chat_history.options.max_tokens)
+        return (budget - reserve) // 2

@@ -202,7 +202,8 @@ async def test_restart_resumes_from_history_sidebar(engine, tmp_path):
         await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
         app.screen.query_one("TextArea").text = "Llama talk"
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: app.chat_history.db.get(app.chat_history.conversation_id).title == "Llama talk")
+        chat = app.chat_history
+        await wait_until(pilot, lambda: chat.db.get(chat.conversation_id).title == "Llama talk")
         await pilot.press("d")
         await wait_until(pilot, lambda: app.chat_history.db.list() == [])
         assert app.views() == [] and app.chat_history.conversation_id is None
@@ -257,7 +258,8 @@ async def test_sampling_modal_validates_and_saves_per_conversation(engine, tmp_p
         app.screen.query_one("#field-seed").value = "7"
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: not isinstance(app.screen, SamplingScreen))
-        assert (app.chat_history.options.top_p, app.chat_history.options.seed, app.chat_history.options.max_tokens) == (0.5, 7, 8)
+        options = app.chat_history.options
+        assert (options.top_p, options.seed, options.max_tokens) == (0.5, 7, 8)
         conv = app.chat_history.db.get(app.chat_history.conversation_id)
         assert conv.sampling["top_p"] == 0.5 and conv.sampling["seed"] == 7
 

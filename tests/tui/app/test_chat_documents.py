@@ -131,7 +131,8 @@ async def test_binary_files_are_refused_and_nothing_is_attached(engine, tmp_path
         await slash(pilot, f"/attach {blob}")
         assert any("image.png: a binary file" in n for n in notes)
         assert app.attached == [] and app.query_one(DocumentChips).has_class("hidden")
-        count = app.chat_history.db.connection().execute("SELECT count(*) FROM documents").fetchone()[0]
+        db = app.chat_history.db.connection()
+        count = db.execute("SELECT count(*) FROM documents").fetchone()[0]
         assert count == 0
 
 

@@ -71,7 +71,7 @@ async def test_lock_held_by_another_process(engine, tmp_path):
     notes = _record_notices(app)
     async with app.run_test(size=SIZE) as pilot:
         await type_and_send(pilot, "before the lock")
-        locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db)],  # noqa: ASYNC220
+        locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert locker.stdout.readline().strip() == "locked"
@@ -97,8 +97,9 @@ def read_only_db(tmp_path):
     db.chmod(0o444)
     immutable = False
     if os.access(db, os.W_OK):  # root ignores permissions: make it immutable instead
-        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(db)],
-                                                        capture_output=True, check=False).returncode:
+        chattr = shutil.which("chattr") and subprocess.run(
+            ["chattr", "+i", str(db)], capture_output=True, check=False)
+        if not chattr or chattr.returncode:
             pytest.skip("cannot make a file read-only for this user")
         immutable = True
     yield db
