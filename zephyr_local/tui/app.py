@@ -4,8 +4,8 @@ The model loads on a worker thread while the app is already usable; each reply i
 consumed on one thread worker that hands the UI batched text (generation.py).
 The conversation as the history database keeps it (writes, versions, export) is
 the ChatHistory the app owns (chat_history.py); the screen's messages are a ChatView
-(widgets/chat_view.py), which also switches versions; attached documents live in
-the DocumentsMixin.
+(widgets/chat_view.py), which also switches versions; attached documents are the
+ChatDocuments it owns (chat_documents.py).
 
 Per-conversation state outside the database (such as a saved KV cache) hooks in
 at two points: `conversation_opened` (after a stored conversation is shown, or a
@@ -28,11 +28,12 @@ from textual.widgets import Footer, Markdown, Static
 from zephyr_local.errors import ZephyrError
 from zephyr_local.history import StoredMessage
 from zephyr_local.sampling import SamplingOptions
+from zephyr_local.tui.attach_screen import AttachScreen
+from zephyr_local.tui.chat_documents import ChatDocuments
 from zephyr_local.tui.chat_history import ChatHistory
 from zephyr_local.tui.commands import COMMANDS, parse_slash
 from zephyr_local.tui.config import DISCLAIMER, ChatConfig
 from zephyr_local.tui.confirm_screen import ConfirmScreen
-from zephyr_local.tui.documents_mixin import DocumentsMixin
 from zephyr_local.tui.generation import stream_to_screen
 from zephyr_local.tui.help_screen import HelpScreen
 from zephyr_local.tui.missing_screen import ModelMissingScreen
@@ -46,7 +47,7 @@ from zephyr_local.tui.widgets.sidebar import HistorySidebar
 from zephyr_local.tui.widgets.status import StatusBar, describe_model
 
 
-class ChatApp(DocumentsMixin, App):
+class ChatApp(App):
     """Chat with Zephyr. Pass `engine` to reuse a loaded Engine (tests, benchmarks)."""
 
     CSS_PATH = "chat.tcss"
@@ -75,7 +76,8 @@ class ChatApp(DocumentsMixin, App):
                                         self._model_name,
                                         lambda message, **kw: self.notify(message, **kw),
                                         self._history_saved)
-        self._init_documents()
+        self.documents = ChatDocuments(self.chat_history,
+                                       lambda message, **kw: self.notify(message, **kw))
 
     def notify(self, message: str, *, markup: bool = False, **kwargs) -> None:
         """Notices carry user and model text (`/[/]`, a path with `[`): plain by default,
@@ -134,7 +136,7 @@ class ChatApp(DocumentsMixin, App):
         from zephyr_local.backend import backend_name
         from zephyr_local.template import uses_own_template
 
-        self.engine = engine
+        self.engine, self.documents.tokenizer = engine, engine.tokenizer
         self.session = engine.session(self.config.context_budget, self.config.lookup)
         self.query_one(StatusBar).set_model(describe_model(engine.loaded), backend_name())
         self._show_context_estimate()
@@ -162,7 +164,7 @@ class ChatApp(DocumentsMixin, App):
 
         messages = self.chat_messages()
         used = len(encode(self.engine.tokenizer, messages)) if len(messages) > 0 else 0
-        used += self.documents_tokens()
+        used += self.documents.tokens(self.session, messages, self.chat_history.options)
         self.query_one(StatusBar).set_context(used, self.session.context_budget)
 
     # -- sending and streaming -------------------------------------------------
@@ -236,7 +238,7 @@ class ChatApp(DocumentsMixin, App):
         chat.anchor()
         self.generating = True
         stream = Markdown.get_stream(view.markdown)
-        self.refresh_documents()
+        self.documents.refresh()
         self._generate(messages, self.chat_history.options, view, stream)
 
     @work(thread=True, group="reply", exit_on_error=False)
@@ -244,8 +246,8 @@ class ChatApp(DocumentsMixin, App):
         """Consume the reply on this worker thread; the UI gets batched text."""
 
         try:
-            text, final = stream_to_screen(self.reply_records(messages, options),
-                                           partial(self.call_from_thread, stream.write),
+            records = self.documents.reply_records(self.session, messages, options)
+            text, final = stream_to_screen(records, partial(self.call_from_thread, stream.write),
                                            self._ui_thread_id)
         except Exception as exc:  # shown as a notice; the conversation stays as it was
             self.call_from_thread(self._reply_failed, view, stream, exc)
@@ -258,14 +260,15 @@ class ChatApp(DocumentsMixin, App):
         view.remove_class("streaming")
         view.finish(text, reason)
         stats = final.stats if final else None
-        sources = [asdict(u) for u in self.last_plan.used] if self.last_plan else []
+        plan = self.documents.last_plan
+        sources = [asdict(u) for u in plan.used] if plan else []
         view.set_sources(sources)
         self.chat_history.save(StoredMessage("assistant", text, reason,
                                              asdict(stats) if stats else None, sources or None))
         self.chat_view.sync(self.chat_history.messages())
         self.generating, self.last_final = False, final
-        if self.attached and self.last_plan:
-            await self.show_documents(self.last_plan.mode)
+        if self.documents.attached and plan:
+            await self.show_documents(plan.mode)
         if stats is not None:
             status = self.query_one(StatusBar)
             status.set_stats(stats)
@@ -327,7 +330,8 @@ class ChatApp(DocumentsMixin, App):
         """The screen shows another conversation (a stored one, or a new chat)."""
         self.chat_view.show_system_prompt(self.chat_history.system_prompt)
         self.query_one(StatusBar).set_stats(None)
-        await self.load_documents(self.chat_history.conversation_id)
+        self.documents.load(self.chat_history.conversation_id)
+        await self.show_documents()
 
     async def action_toggle_sidebar(self) -> None:
         if not await self.query_one(HistorySidebar).toggle():
@@ -357,6 +361,29 @@ class ChatApp(DocumentsMixin, App):
         self.chat_history.export(target, self.chat_view.shown(), confirm)
 
     def on_chat_view_branch_shown(self, event: ChatView.BranchShown) -> None:
+        self._show_context_estimate()
+
+    # -- documents -------------------------------------------------------------------
+
+    async def action_attach(self, path: str | None = None) -> None:
+        if not path:
+            self.push_screen(AttachScreen(), lambda chosen: chosen and self.attach(chosen))
+        else:
+            await self.attach(path)
+
+    async def attach(self, path: str) -> None:
+        if await self.documents.attach(path):
+            await self.show_documents()
+
+    async def action_detach(self, name: str = "") -> None:
+        if self.documents.detach(name):
+            await self.show_documents()
+
+    async def show_documents(self, mode: str | None = None) -> None:
+        docs = self.documents
+        if mode is None and docs.attached:
+            mode = docs.fit_mode(self.session, self.chat_messages(), self.chat_history.options)
+        await self.query_one(DocumentChips).show([d.document for d in docs.attached], mode)
         self._show_context_estimate()
 
     # -- actions -----------------------------------------------------------------
