@@ -13,10 +13,12 @@ from pathlib import Path
 
 import click
 
+from zephyr_local import flags as _flags
 from zephyr_local import store_cli
 from zephyr_local.cli_common import store_dir
 from zephyr_local.errors import ZephyrError, describe_os_error, first_line
 from zephyr_local.params import SEED, Finite
+from zephyr_local.train import cli as train_cli
 
 
 class _Group(click.Group):
@@ -61,7 +63,9 @@ def cli(ctx: click.Context, models_dir: str | None) -> None:
     ctx.obj = {"models_dir": models_dir}
 
 
-for _command in store_cli.COMMANDS:
+# The store commands live in store_cli.py; the adapter commands (sft, dpo, evaluate, fuse,
+# export-peft) in train/cli.py.
+for _command in (*store_cli.COMMANDS, *train_cli.COMMANDS):
     cli.add_command(_command)
 
 
@@ -346,11 +350,6 @@ def _pull_default_model(ctx: click.Context) -> None:
     ctx.invoke(quantize_cmd, model=store.DEFAULT_REPO, bits=4)
 
 
-# --- training commands: sft, dpo, evaluate, fuse (zephyr_local/train/) ---
-from zephyr_local.train.commands import register as _register_training  # noqa: E402
-
-_register_training(cli)
-
 # --- bench command (benchmarks/) ---
 
 
@@ -397,13 +396,7 @@ def bench(mode, model, cases, out_dir) -> None:
     click.echo(f"Wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")
 
 
-from zephyr_local.export import register as _register_export
-
-_register_export(cli)
-
 # mlx-lm's flag names as aliases, from the one table in flags.py (after every command exists).
-from zephyr_local import flags as _flags
-
 _flags.install(cli)
 _flags.install_model_completion(cli)
 

@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zephyr_local.atomic import check_writable, dir_size, replace_dir, temp_dir, writing
@@ -36,15 +36,12 @@ Progress = Callable[[int, int, str], None]  # (done, total, what)
 class QuantizeOptions:
     """How to quantize; `validate()` checks every field before any work."""
 
-    bits: int = field(default=4, metadata={"help": "bits per quantized weight: 2, 3, 4, 5, 6, 8"})
-    group_size: int = field(default=64, metadata={"help": "weights sharing a scale: 32, 64, 128"})
-    dtype: str | None = field(default=None, metadata={
-        "help": "dtype of scales, biases and unquantized parameters (None: the backend's "
-                "fastest, backend.default_dtype())"})
-    head_bits: int | None = field(default=None, metadata={
-        "help": "bits for the embedding and output head (None: same as --bits)"})
-    force: bool = field(default=False, metadata={"help": "replace an existing output"})
-    evaluate: bool = field(default=True, metadata={"help": "measure perplexity and KL"})
+    bits: int = 4  # per quantized weight: one of ALLOWED_BITS
+    group_size: int = 64  # weights sharing a scale and bias: one of ALLOWED_GROUP_SIZES
+    dtype: str | None = None  # scales, biases, unquantized parameters (None: the backend's)
+    head_bits: int | None = None  # the embedding and output head (None: the same as bits)
+    force: bool = False  # replace an existing output
+    evaluate: bool = True  # measure perplexity and KL against the source
 
     def __post_init__(self) -> None:
         if self.dtype is None:

@@ -16,6 +16,13 @@ from zephyr_local import backend
 from zephyr_local.atomic import human_bytes
 from zephyr_local.cli_common import store_dir
 from zephyr_local.params import SEED
+from zephyr_local.quantize import ALLOWED_BITS, ALLOWED_GROUP_SIZES, QuantizeOptions
+
+
+def _one_of(values) -> str:
+    """2, 3, 4 or 8."""
+    *rest, last = [str(v) for v in values]
+    return f"{', '.join(rest)} or {last}"
 
 
 @click.command()
@@ -119,11 +126,13 @@ def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> Non
 @click.argument("model", required=False)
 @click.option("--model", "-m", "model_opt", default=None, metavar="MODEL",
               help="The same as the MODEL argument (as every other command takes it).")
-@click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4, 5, 6 or 8.")
-@click.option("--group-size", type=int, default=64, show_default=True,
-              help="Weights per scale and bias: 32, 64 or 128.")
+@click.option("--bits", type=int, default=QuantizeOptions.bits, show_default=True,
+              help=f"{_one_of(ALLOWED_BITS)}.")
+@click.option("--group-size", type=int, default=QuantizeOptions.group_size, show_default=True,
+              help=f"Weights per scale and bias: {_one_of(ALLOWED_GROUP_SIZES)}.")
 @click.option("--dtype", default=None,
-              help=f"Scales, biases and unquantized parameters: {', '.join(backend.COMPUTE_DTYPES)} "
+              help="Scales, biases and unquantized parameters: "
+                   f"{', '.join(backend.COMPUTE_DTYPES)} "
                    f"(default: the backend's fastest, {backend.default_dtypes_text()}).")
 @click.option("--head-bits", type=int, default=None,
               help="Bits for the embedding and output head (default: --bits).")
