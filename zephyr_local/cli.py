@@ -335,6 +335,7 @@ def _stats_line(s) -> str:
 @click.option("--system", default=None, help="System prompt for new conversations.")
 @sampling_options
 @lookup_options
+@kv_cache_options
 @click.option("--history", "history_path", default=None, type=click.Path(dir_okay=False),
               help="History database (default: $ZEPHYR_LOCAL_HOME/history.sqlite).")
 @click.pass_context
@@ -342,13 +343,15 @@ def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) ->
     """Chat with Zephyr in a terminal app; every conversation is kept.
 
     Enter sends, Ctrl+J (or Alt+Enter) adds a newline, Esc stops a reply,
-    Ctrl+B shows past conversations, /help lists the slash commands.
+    Ctrl+B shows past conversations, /help lists the slash commands. A reopened
+    conversation resumes from its KV cache saved beside the history.
 
     Example: zephyr-local chat -m zephyr-test --temp 0
     """
     from zephyr_local.history import History
 
     options, lookup = sampling_from(kwargs), lookup_from(kwargs)
+    kv_bits, kv_cap = kv_cache_from(kwargs)
     History(history_path).close()  # a corrupt or newer database: one-line error, file untouched
     from zephyr_local.tui.app import ChatApp
     from zephyr_local.tui.config import ChatConfig
@@ -356,7 +359,7 @@ def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) ->
     models_dir = ctx.obj.get("models_dir") if ctx.obj else None
     config = ChatConfig(model=model, adapter=adapter, models_dir=models_dir, system_prompt=system,
                         options=options, context_budget=context_budget, history_path=history_path,
-                        lookup=lookup)
+                        lookup=lookup, kv_bits=kv_bits, kv_cache_max_gb=kv_cap)
     app = ChatApp(config)
     if app.run() == "pull":
         _pull_default_model(ctx)

@@ -139,6 +139,13 @@ def identity(loaded, kv_bits: int | None = None) -> dict[str, str]:
     }
 
 
+def conversation_key(history_path: str | Path | None, conversation_id: int) -> str:
+    """A chat conversation's file: the database's name and the conversation's id."""
+    from zephyr_local.history import default_path
+
+    return f"{Path(history_path or default_path()).stem}-{conversation_id}"
+
+
 def tokens_key(ident: dict[str, str], tokens: list[int]) -> str:
     """The content address of a cache: `gen-` and a hash of its identity and tokens."""
     return "gen-" + _digest(json.dumps(ident, sort_keys=True).encode(),

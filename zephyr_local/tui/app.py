@@ -75,7 +75,7 @@ class ChatApp(App):
         self.chat_history = ChatHistory(cfg.history_path, cfg.system_prompt, cfg.options,
                                         self._model_name,
                                         lambda message, **kw: self.notify(message, **kw),
-                                        self._history_saved)
+                                        self._history_saved, cfg.kv_cache_max_gb)
         self.documents = ChatDocuments(self.chat_history,
                                        lambda message, **kw: self.notify(message, **kw))
 
@@ -122,6 +122,7 @@ class ChatApp(App):
         cfg = self.config
         try:
             engine = Engine.load(cfg.model, cfg.adapter, cfg.models_dir)
+            engine.session(kv_bits=cfg.kv_bits)  # --kv-bits this model's heads cannot take
         except ZephyrError as exc:
             self.call_from_thread(self._model_failed, exc)
             return
@@ -137,7 +138,8 @@ class ChatApp(App):
         from zephyr_local.template import uses_own_template
 
         self.engine, self.documents.tokenizer = engine, engine.tokenizer
-        self.session = engine.session(self.config.context_budget, self.config.lookup)
+        cfg = self.config
+        self.session = engine.session(cfg.context_budget, cfg.lookup, cfg.kv_bits)
         self.query_one(StatusBar).set_model(describe_model(engine.loaded), backend_name())
         self._show_context_estimate()
         notice = uses_own_template(engine.tokenizer)
@@ -239,6 +241,7 @@ class ChatApp(App):
         self.generating = True
         stream = Markdown.get_stream(view.markdown)
         self.documents.refresh()
+        self.session.keep_cache(*self.chat_history.kv_cache())  # resume from / save to disk
         self._generate(messages, self.chat_history.options, view, stream)
 
     @work(thread=True, group="reply", exit_on_error=False)

@@ -11,6 +11,8 @@ the two callbacks it was given: `notify(message, **kwargs)` for notices and
 Where the app hooks per-conversation state (such as a saved KV cache): after
 `load` or `reset` (a conversation opened: `ChatApp.conversation_opened`) and
 after `save` of an assistant message (a reply completed: `ChatApp._reply_done`).
+The saved KV cache of a conversation (kv_store.py) lives beside the database:
+`kv_cache()` names it for the engine before each reply; `delete` removes it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from zephyr_local import store
 from zephyr_local.atomic import write_text
 from zephyr_local.errors import ZephyrError
 from zephyr_local.history import Conversation, HistoryError, StoredMessage
+from zephyr_local.kv_store import KVStore, conversation_key
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.tui.guarded_history import GuardedHistory
 
@@ -39,12 +42,15 @@ class ChatHistory:
         model_name: called when a conversation is created, for its `model` column.
         notify: shows a notice, called as `notify(message, severity=..., timeout=...)`.
         on_saved: called after a message was committed (or queued) for the conversation.
+        kv_cache_max_gb: the cap on the saved KV caches (None: the env var or default).
     """
 
     def __init__(self, path: str | Path | None, system_prompt: str | None,
                  options: SamplingOptions, model_name: Callable[[], str | None],
-                 notify: Callable[..., None], on_saved: Callable[[], None] = lambda: None):
+                 notify: Callable[..., None], on_saved: Callable[[], None] = lambda: None,
+                 kv_cache_max_gb: float | None = None):
         self.path = path
+        self.kv_store = KVStore.beside(path, kv_cache_max_gb)
         self.default_system_prompt, self.default_options = system_prompt or None, options
         self.model_name, self.notify, self.on_saved = model_name, notify, on_saved
         self.db: GuardedHistory | None = None
@@ -118,6 +124,13 @@ class ChatHistory:
     def _saved(self) -> bool:
         return self.db is not None and self.conversation_id is not None
 
+    def kv_cache(self) -> tuple[KVStore | None, str | None]:
+        """Where the conversation's KV cache is kept between runs: the store and its key;
+        (None, None) while the conversation is not in the database."""
+        if not self._saved() or self.conversation_id <= 0:
+            return None, None
+        return self.kv_store, conversation_key(self.path, self.conversation_id)
+
     def truncate(self, keep: int) -> None:
         """Keep only the first `keep` messages of the current branch."""
         if self._saved():
@@ -180,6 +193,7 @@ class ChatHistory:
 
     def delete(self, conversation_id: int) -> None:
         self.db.delete(conversation_id)
+        self.kv_store.remove(conversation_key(self.path, conversation_id))
         self.notify("Conversation deleted.")
 
     # -- export ------------------------------------------------------------------------

@@ -24,6 +24,9 @@ class ChatConfig:
                                             metadata={"help": "None = <home>/history.sqlite"})
     lookup: LookupOptions = field(default_factory=LookupOptions,
                                   metadata={"help": "prompt-lookup decoding"})
+    kv_bits: int | None = field(default=None, metadata={"help": "quantized KV cache: 4 or 8"})
+    kv_cache_max_gb: float | None = field(
+        default=None, metadata={"help": "cap on saved KV caches; None = env var or default"})
 
 
 DISCLAIMER = "Replies may be inaccurate. The model runs offline, on this machine."

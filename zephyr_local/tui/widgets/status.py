@@ -60,6 +60,7 @@ class StatusBar(Static):
         if s is not None:
             parts += [
                 f"prefilled {s.prefilled_tokens} tok @ {s.prompt_tps:.0f} t/s",
+                *([f"resumed {s.loaded_tokens} tok"] if s.loaded_tokens else []),
                 f"gen {s.generation_tps:.1f} t/s",
                 *([f"lookup {s.accepted_tokens}/{s.draft_tokens} ({s.acceptance:.0%})"]
                   if s.draft_tokens else []),
