@@ -14,6 +14,13 @@ from zephyr_local.cli import cli
 from zephyr_local.testmodel import create_test_model
 
 
+@pytest.fixture(autouse=True)
+def no_saved_kv_caches(monkeypatch):
+    """Replies save no KV cache beside the default history (the checkout or the user's
+    home) unless a test asks: the tests of saved caches unset this or give a store."""
+    monkeypatch.setenv("ZEPHYR_LOCAL_KV_CACHE_MAX_GB", "0")
+
+
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
     """A model store holding the test model as `zephyr-test`."""

@@ -18,6 +18,11 @@ from zephyr_local.tui.widgets.sidebar import HistorySidebar
 FIRST = "Tell me about the sea, the sky and the long river."
 
 
+@pytest.fixture(autouse=True)
+def saved_caches_on(monkeypatch):
+    monkeypatch.delenv(kv_store.MAX_GB_ENV, raising=False)
+
+
 def _held(path):
     return json.loads(read_header_and_metadata(path)[1]["0.tokens"])
 
@@ -53,7 +58,6 @@ async def _reopen_and_send(pilot, text):
 async def test_restarted_chat_prefills_only_the_new_message(engine, tmp_path, monkeypatch,
                                                             run_cli):
     monkeypatch.setenv("ZEPHYR_LOCAL_HOME", str(tmp_path))  # generate's default history
-    monkeypatch.delenv(kv_store.MAX_GB_ENV, raising=False)
     app = make_app(engine, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await type_and_send(pilot, FIRST)
