@@ -241,23 +241,18 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
     kv_bits, kv_cap = kv_cache_from(kwargs)
     messages = _prompt_messages(prompt, stdin_prompt, messages_file, system)
     from zephyr_local.engine import Engine
+    from zephyr_local.kv_store import KVStore
     from zephyr_local.template import uses_own_template
 
     engine = Engine.load(model, adapter, store_dir(ctx).as_posix())
     notice = uses_own_template(engine.tokenizer)
     if notice:
         click.secho(f"Note: {notice}.", err=True, dim=True)
-    try:
-        session = engine.session(context_budget, lookup, kv_bits)
-    except BaseException:
-        engine.close()
-        raise
-    if messages_file is not None:
-        from zephyr_local.kv_store import KVStore
-
-        session.keep_cache(KVStore.beside(None, kv_cap))  # content-addressed, beside history
     parts, last, record = [], None, {}
     try:
+        session = engine.session(context_budget, lookup, kv_bits)
+        if messages_file is not None:  # saved beside the history, found again by content
+            session.keep_cache(KVStore.beside(None, kv_cap))
         if attach:
             from zephyr_local.doc_prompt import one_shot
 

@@ -280,13 +280,23 @@ class ChatSession:
         t_end = time.perf_counter()
         self._sync_cached_ids(ids + generated)
         detok.finalize()
-        t_first = t_first or t_end
-        stats = ReplyStats(
-            prompt_tokens=len(ids),
-            prefilled_tokens=len(ids) - keep,
-            generation_tokens=len(generated),
-            prompt_tps=(len(ids) - keep) / max(t_first - t0, 1e-9),
-            generation_tps=len(generated) / max(t_end - t_first, 1e-9),
+        stats = self._stats(len(ids), keep, len(generated), (t0, t_first or t_end, t_end),
+                            counts, dropped_turns, dropped_messages)
+        yield Response(detok.last_segment, None, finish, stats)
+        self._save_cache()  # after the final record: the consumer has the reply already
+
+    def _stats(self, prompt: int, keep: int, generated: int, times: tuple[float, float, float],
+               counts: LookupCounts, dropped_turns: int, dropped_messages: int) -> ReplyStats:
+        """A reply's statistics; `times` are its start, first token and end."""
+        import mlx.core as mx
+
+        t0, t_first, t_end = times
+        return ReplyStats(
+            prompt_tokens=prompt,
+            prefilled_tokens=prompt - keep,
+            generation_tokens=generated,
+            prompt_tps=(prompt - keep) / max(t_first - t0, 1e-9),
+            generation_tps=generated / max(t_end - t_first, 1e-9),
             ttft_s=t_first - t0,
             peak_memory_gb=mx.get_peak_memory() / 1e9,
             dropped_turns=dropped_turns,
@@ -296,8 +306,6 @@ class ChatSession:
             reused_tokens=keep,
             loaded_tokens=self._loaded,
         )
-        yield Response(detok.last_segment, None, finish, stats)
-        self._save_cache()  # after the final record: the consumer has the reply already
 
     def _token_ids(self, ids: list[int], keep: int, options: SamplingOptions, max_new: int,
                    counts: LookupCounts) -> Iterator[int]:
