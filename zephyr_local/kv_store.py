@@ -179,7 +179,7 @@ class KVStore:
     def __init__(self, root: str | Path, max_bytes: int):
         self.root = Path(root)
         self.max_bytes = max_bytes
-        self.rejected: list[tuple[Path, str]] = []  # files ignored, and why (latest last)
+        self.rejected: list[tuple[Path, str]] = []  # the last files ignored, and why
 
     @classmethod
     def beside(cls, history_path: str | Path | None, max_gb: float | None = None) -> KVStore:
@@ -210,7 +210,7 @@ class KVStore:
         self.path(key).unlink(missing_ok=True)
 
     def _reject(self, path: Path, reason: str, delete: bool = False) -> None:
-        self.rejected.append((path, reason))
+        self.rejected = [*self.rejected[-31:], (path, reason)]
         if delete:
             path.unlink(missing_ok=True)
 
