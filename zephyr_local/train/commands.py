@@ -17,7 +17,8 @@ from zephyr_local.params import SEED, Finite
 FIELDS = {
     "model": "model", "data": "data", "eval_data": "eval_data", "out": "out",
     "resume_adapter": "resume_adapter", "loss": "loss", "beta": "beta",
-    "label_smoothing": "label_smoothing", "learning_rate": "learning_rate",
+    "label_smoothing": "label_smoothing", "rpo_alpha": "rpo_alpha",
+    "learning_rate": "learning_rate",
     "schedule": "schedule", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
     "max_grad_norm": "max_grad_norm", "batch_size": "batch_size",
     "grad_accumulation": "grad_accumulation", "grad_checkpoint": "grad_checkpoint",
@@ -97,6 +98,7 @@ def train_options(kind: str):
                 click.option("--loss", type=click.Choice(["sigmoid", "ipo", "hinge", "robust"]), default="sigmoid", show_default=True),
                 click.option("--beta", type=Finite(min=0, min_open=True), default=0.1, show_default=True),
                 click.option("--label-smoothing", type=Finite(0, 0.5, max_open=True), default=0.0, show_default=True, help="eps of the robust loss."),
+                click.option("--rpo-alpha", type=Finite(min=0), default=0.0, show_default=True, help="Add alpha x the chosen reply's mean NLL per token (RPO, TRL's rpo_alpha): keeps chosen replies and their EOS likely."),
             ]
         f = data_options(f)  # listed after the options above
         for option in reversed(options):

@@ -51,6 +51,8 @@ class TrainConfig:
     loss: str = field(default="sigmoid", metadata={"help": "DPO loss: sigmoid, ipo, hinge, robust."})
     beta: float = field(default=0.1, metadata={"help": "DPO beta."})
     label_smoothing: float = field(default=0.0, metadata={"help": "eps for the robust loss."})
+    rpo_alpha: float = field(default=0.0, metadata={
+        "help": "DPO: add alpha x the chosen reply's mean NLL per token (RPO); 0 is plain DPO."})
     learning_rate: float = field(default=5e-6, metadata={"help": "Peak learning rate."})
     schedule: str = field(default="linear", metadata={"help": "linear or cosine decay."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps warming up."})
