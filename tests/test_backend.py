@@ -33,7 +33,8 @@ def test_blas_off_keeps_the_reference_blas():
 def test_system_openblas_is_loaded_when_present():
     present = any(os.path.exists(p) for p in OPENBLAS_CANDIDATES)
     # The process maps tell, independently of what backend.blas() claims.
-    assert _probe(ZEPHYR_LOCAL_BLAS="") == (["openblas", "True"] if present else ["reference", "False"])
+    expected = ["openblas", "True"] if present else ["reference", "False"]
+    assert _probe(ZEPHYR_LOCAL_BLAS="") == expected
 
 
 def test_blas_path_that_does_not_exist():

@@ -8,22 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_one_line_error, invoke
 
 from zephyr_local import template
 
 
-def _assert_clean_error(result, code: int, *fragments: str):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    err_lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert err_lines, "an error message on stderr"
-    message = err_lines[-1]
-    for fragment in fragments:
-        assert fragment in message, message
-
-
 def test_generate_json_is_greedy_reproducible(run_cli, engine):
-    args = ["generate", "-m", "zephyr-test", "--temp", "0", "--max-tokens", "8", "-p", "Hi", "--json"]
+    args = ["generate", "-m", "zephyr-test", "--temp", "0", "--max-tokens", "8", "-p", "Hi",
+            "--json"]
     first, second = run_cli(*args), run_cli(*args)
     assert first.exit_code == 0, first.output
     record = json.loads(first.stdout.strip().splitlines()[-1])
@@ -74,20 +66,22 @@ def test_tokenize_matches_hugging_face(run_cli, hf_tokenizer, tmp_path):
 def test_tokenize_bad_messages(run_cli, tmp_path):
     f = tmp_path / "bad.json"
     f.write_text(json.dumps([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]))
-    _assert_clean_error(run_cli("tokenize", "-m", "zephyr-test", "--messages", str(f)), 2,
+    assert_one_line_error(run_cli("tokenize", "-m", "zephyr-test", "--messages", str(f)), 2,
                         "message 1", "unknown role 'robot'")
     f.write_text("{not json")
-    _assert_clean_error(run_cli("tokenize", "-m", "zephyr-test", "--messages", str(f)), 1,
+    assert_one_line_error(run_cli("tokenize", "-m", "zephyr-test", "--messages", str(f)), 1,
                         str(f), "invalid JSON")
     f.write_text("[]")
-    _assert_clean_error(run_cli("tokenize", "-m", "zephyr-test", "--messages", str(f)), 2, "empty")
+    result = run_cli("tokenize", "-m", "zephyr-test", "--messages", str(f))
+    assert_one_line_error(result, 2, "empty")
 
 
 def test_missing_model_names_path_and_fetch_command(run_cli, model_store):
     r = run_cli("generate", "-m", "no-such-model", "-p", "hi")
-    _assert_clean_error(r, 2, "no-such-model", str(model_store / "no-such-model"), "zephyr-local models")
+    assert_one_line_error(r, 2, "no-such-model", str(model_store / "no-such-model"),
+                          "zephyr-local models")
     r = run_cli("generate", "-p", "hi")
-    _assert_clean_error(r, 2, "zephyr-7b-beta-4bit", "zephyr-local pull")
+    assert_one_line_error(r, 2, "zephyr-7b-beta-4bit", "zephyr-local pull")
 
 
 def test_offline_hub_id_not_cached_fails_immediately(run_cli, monkeypatch, tmp_path):
@@ -98,7 +92,7 @@ def test_offline_hub_id_not_cached_fails_immediately(run_cli, monkeypatch, tmp_p
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     r = run_cli("generate", "-m", "SomeOrg/some-model", "-p", "hi")
-    _assert_clean_error(r, 2, "SomeOrg/some-model", "zephyr-local pull SomeOrg/some-model")
+    assert_one_line_error(r, 2, "SomeOrg/some-model", "zephyr-local pull SomeOrg/some-model")
 
 
 def test_generate_makes_no_network_connection(run_cli, monkeypatch):
@@ -166,7 +160,7 @@ def _break_shapes(model):
 def test_broken_model_gets_one_line_error_naming_the_file(run_cli, model_copy, breaker):
     fname, reason = breaker(model_copy)
     r = run_cli("generate", "-m", str(model_copy), "-p", "hi", "--max-tokens", "2")
-    _assert_clean_error(r, 2, fname, reason)
+    assert_one_line_error(r, 2, fname, reason)
     assert len([line for line in r.stderr.splitlines() if line.strip()]) == 1
 
 
@@ -184,15 +178,16 @@ def test_prompt_required_once(run_cli):
     assert run_cli("generate", "-m", "zephyr-test").exit_code == 2
     r = run_cli("generate", "-m", "zephyr-test", "-p", "a", "-")
     assert r.exit_code == 2 and "exactly one" in r.stderr
-    _assert_clean_error(run_cli("generate", "-m", "zephyr-test", "-p", "   "), 1, "prompt is empty")
+    result = run_cli("generate", "-m", "zephyr-test", "-p", "   ")
+    assert_one_line_error(result, 1, "prompt is empty")
 
 
 def test_bad_adapter_dir(run_cli, tmp_path):
     r = run_cli("generate", "-m", "zephyr-test", "-p", "hi", "--adapter", str(tmp_path / "nope"))
-    _assert_clean_error(r, 2, "nope", "not found")
+    assert_one_line_error(r, 2, "nope", "not found")
     (tmp_path / "ad").mkdir()
     r = run_cli("generate", "-m", "zephyr-test", "-p", "hi", "--adapter", str(tmp_path / "ad"))
-    _assert_clean_error(r, 2, "adapter_config.json", "missing")
+    assert_one_line_error(r, 2, "adapter_config.json", "missing")
 
 
 def test_models_lists_the_store(run_cli, test_model):
@@ -220,7 +215,7 @@ def test_create_test_model_refuses_to_overwrite(run_cli, tmp_path):
     out = tmp_path / "tm"
     assert run_cli("create-test-model", str(out)).exit_code == 0
     assert (out / "tokenizer.model").exists() and (out / "config.json").exists()
-    _assert_clean_error(run_cli("create-test-model", str(out)), 1, "already exists", "--force")
+    assert_one_line_error(run_cli("create-test-model", str(out)), 1, "already exists", "--force")
     assert run_cli("create-test-model", str(out), "--force").exit_code == 0
 
 
@@ -233,26 +228,23 @@ def test_help_does_not_import_mlx():
 def test_zephyr_local_home_moves_the_store(tmp_path, test_model):
     import shutil
 
-    from click.testing import CliRunner
-
-    from zephyr_local.cli import cli
-
     home = tmp_path / "home"
     shutil.copytree(test_model, home / "models" / "my-model")
-    runner = CliRunner(env={"ZEPHYR_LOCAL_HOME": str(home)})
-    info = json.loads(runner.invoke(cli, ["info", "--json"]).stdout)
+    env = {"ZEPHYR_LOCAL_HOME": str(home)}
+    info = json.loads(invoke(None, "info", "--json", env=env).stdout)
     assert info["models_dir"] == str(home / "models")
-    listed = json.loads(runner.invoke(cli, ["models", "--json"]).stdout)
+    listed = json.loads(invoke(None, "models", "--json", env=env).stdout)
     assert [row["name"] for row in listed] == ["my-model"]
-    r = runner.invoke(cli, ["generate", "-m", "my-model", "--temp", "0", "--max-tokens", "2", "-p", "x"])
+    r = invoke(None, "generate", "-m", "my-model", "--temp", "0", "--max-tokens", "2", "-p", "x",
+               env=env)
     assert r.exit_code == 0, r.output
 
 
 def test_real_process_exit_codes(model_store, model_copy):
     """As a user runs it: a separate process, whose exit code the MLX thread must not spoil."""
     base = [sys.executable, "-m", "zephyr_local.cli", "--models-dir", str(model_store), "generate"]
-    ok = subprocess.run(base + ["-m", "zephyr-test", "--temp", "0", "--max-tokens", "3", "-p", "hi"],
-                        capture_output=True, text=True, timeout=120)
+    args = ["-m", "zephyr-test", "--temp", "0", "--max-tokens", "3", "-p", "hi"]
+    ok = subprocess.run(base + args, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "terminate called" not in ok.stderr
     _break_shapes(model_copy)

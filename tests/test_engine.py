@@ -163,6 +163,10 @@ def test_reply_drops_turns_to_fit_budget(engine):
     _, _, last = _reply(session, long_chat, SamplingOptions(temperature=0.0, max_tokens=8))
     assert last.stats.dropped_turns > 0
     assert last.stats.prompt_tokens + 8 <= 256
+    # The messages cut are the first ones after the system prompt, two per dropped turn.
+    assert last.stats.dropped_messages == 2 * last.stats.dropped_turns
+    kept = [long_chat[0]] + long_chat[1 + last.stats.dropped_messages:]
+    assert last.stats.prompt_tokens == len(template.encode(engine.tokenizer, kept))
 
 
 @pytest.mark.parametrize(

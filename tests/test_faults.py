@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from zephyr_local.cli import cli
+from conftest import assert_one_line_error, invoke
 
 PREFS = [
     {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
@@ -409,10 +407,8 @@ def test_bad_input(case: Case, request, tmp_path, model_store, test_model, adapt
     if case.setup:
         case.setup(ctx)
     args = [ctx.fill(a) for a in case.args]
-    if case.store:
-        args = ["--models-dir", str(model_store), *args]
     env = {k: ctx.fill(v) for k, v in case.env.items()}
-    result = CliRunner().invoke(cli, args, input=case.input, env=env)
+    result = invoke(model_store if case.store else None, *args, input=case.input, env=env)
     assert_clean(result, case.code, ctx.fill(case.fragment))
     if case.check:
         case.check(ctx, result)
@@ -420,14 +416,12 @@ def test_bad_input(case: Case, request, tmp_path, model_store, test_model, adapt
 
 def assert_clean(result, code: int, fragment: str) -> None:
     """The exit code; no traceback; on failure one short `Error:` line holding `fragment`."""
+    if code != 0:
+        assert_one_line_error(result, code, fragment)
+        return
     output = result.stdout + result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         f"{type(result.exception).__name__}: {result.exception}")
     assert "Traceback" not in output
-    assert result.exit_code == code, output[-2000:]
-    if code == 0:
-        assert fragment in output, output[-2000:]
-        return
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, result.stderr
-    assert fragment in errors[0] and len(errors[0]) < 400, errors[0]
+    assert result.exit_code == 0, output[-2000:]
+    assert fragment in output, output[-2000:]

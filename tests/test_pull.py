@@ -18,11 +18,10 @@ from pathlib import Path
 
 import huggingface_hub.constants as hf_constants
 import pytest
-from click.testing import CliRunner
+from conftest import assert_one_line_error, invoke
 from fakehub import FakeHub
 
 from zephyr_local import download, pull
-from zephyr_local.cli import cli
 from zephyr_local.errors import ModelNotFoundError
 from zephyr_local.store import SOURCE_FILE, resolve_model
 
@@ -83,24 +82,9 @@ def pulled(hub, tmp_path_factory):
     store = tmp_path_factory.mktemp("pulled")
     hub.reset()
     with pointed_at(hub.url, store.parent / "hf-cache-pulled"):
-        result = zl(store, "pull", REPO)
+        result = invoke(store, "pull", REPO)
     assert result.exit_code == 0, result.output
     return store, list(hub.requests), result
-
-
-def zl(store: Path, *args: str):
-    return CliRunner().invoke(cli, ["--models-dir", str(store), *args])
-
-
-def assert_one_line_error(result, code: int, *needles: str) -> str:
-    """Exit `code`, no traceback, and one `Error:` line naming each needle."""
-    assert result.exit_code == code, result.output
-    assert isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0]
-    return lines[0]
 
 
 def subprocess_env(hub_url: str, home: Path, **extra: str) -> dict:
@@ -137,16 +121,16 @@ def test_pull_fetches_only_safetensors_and_config_files(pulled, hub, model_files
 
 def test_pulled_model_is_listed_and_generates_without_network(pulled, test_model, monkeypatch):
     store, _, _ = pulled
-    rows = json.loads(zl(store, "models", "--json").stdout)
+    rows = json.loads(invoke(store, "models", "--json").stdout)
     assert [(r["name"], r["source"]) for r in rows] == [("zephyr-test", REPO)]
     args = ["generate", "--temp", "0", "-p", "hi", "--max-tokens", "3", "--json"]
-    expected = json.loads(zl(store, *args, "-m", str(test_model)).stdout.splitlines()[-1])
+    expected = json.loads(invoke(store, *args, "-m", str(test_model)).stdout.splitlines()[-1])
 
     def no_network(self, address):
         raise OSError(f"test: network access to {address} is not allowed")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    result = zl(store, *args, "-m", REPO)  # the hub id, found in the store by its source
+    result = invoke(store, *args, "-m", REPO)  # the hub id, found in the store by its source
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.splitlines()[-1])["text"] == expected["text"]
 
@@ -154,7 +138,7 @@ def test_pulled_model_is_listed_and_generates_without_network(pulled, test_model
 def test_repull_says_present_without_asking_the_hub(pulled, tmp_path):
     store, _, _ = pulled
     with pointed_at("http://127.0.0.1:9", tmp_path):  # nothing listens there
-        result = zl(store, "pull", REPO)
+        result = invoke(store, "pull", REPO)
     assert result.exit_code == 0, result.output
     assert "already in the store" in result.stdout and "--force" in result.stdout
 
@@ -163,9 +147,9 @@ def test_a_folder_of_the_same_name_from_another_repo_is_not_reused(pulled, tmp_p
     store, _, _ = pulled
     other = "other-org/zephyr-test"  # same store name as REPO, different repo
     with pointed_at("http://127.0.0.1:9", tmp_path):  # refused before any request
-        result = zl(store, "pull", other)
+        result = invoke(store, "pull", other)
         assert_one_line_error(result, 1, "already holds test-org/zephyr-test@main", "--force")
-        result = zl(store, "pull", REPO, "--revision", "v2")
+        result = invoke(store, "pull", REPO, "--revision", "v2")
         assert_one_line_error(result, 1, "already holds test-org/zephyr-test@main", REPO + "@v2")
     with pytest.raises(ModelNotFoundError, match="pulled from other-org/zephyr-test"):
         resolve_model(other, store)
@@ -176,7 +160,7 @@ def test_force_downloads_again(pulled, on_hub, tmp_path, model_files):
     store = tmp_path / "store"
     shutil.copytree(pulled[0], store)
     (store / "zephyr-test" / "stale.txt").write_text("from before")
-    result = zl(store, "pull", REPO, "--force")
+    result = invoke(store, "pull", REPO, "--force")
     assert result.exit_code == 0, result.output
     assert len(on_hub.paths_requested("/model.safetensors")) == 1
     assert sorted(p.name for p in (store / "zephyr-test").iterdir()) == sorted(
@@ -221,7 +205,7 @@ def test_interrupted_pull_resumes_with_a_range_request(on_hub, tmp_path, model_f
     assert not (store / "zephyr-test").exists()
     assert part.stat().st_size == written
     on_hub.requests.clear()
-    result = zl(store, "pull", REPO)
+    result = invoke(store, "pull", REPO)
     assert result.exit_code == 0, result.output
     gets = [(m, r) for m, p, r in on_hub.requests if p.endswith("/model.safetensors")]
     assert gets == [("GET", f"bytes={written}-")]
@@ -237,7 +221,7 @@ def test_network_loss_fails_cleanly_and_the_next_run_resumes(on_hub, tmp_path, m
     size = len(model_files["model.safetensors"])
     on_hub.faults.drop["model.safetensors"] = (size // 2, 10**6)  # down until cleared
     monkeypatch.setattr(time, "sleep", lambda s: None)  # huggingface_hub waits 1 s per retry
-    result = zl(store, "pull", REPO)
+    result = invoke(store, "pull", REPO)
     assert_one_line_error(result, 2, "cannot reach the Hugging Face hub", "resumes it")
     assert not (store / "zephyr-test").exists()
     part = store / ".partial" / "zephyr-test" / "model.safetensors.incomplete"
@@ -245,7 +229,7 @@ def test_network_loss_fails_cleanly_and_the_next_run_resumes(on_hub, tmp_path, m
     assert 0 < kept < size
     on_hub.faults.drop.clear()  # the network is back
     on_hub.requests.clear()
-    result = zl(store, "pull", REPO)
+    result = invoke(store, "pull", REPO)
     assert result.exit_code == 0, result.output
     assert [r for m, p, r in on_hub.requests if p.endswith("/model.safetensors")] == [
         f"bytes={kept}-"]
@@ -260,7 +244,7 @@ def test_partial_download_of_another_commit_is_discarded(on_hub, tmp_path):
     (partial / "model.safetensors.incomplete").write_bytes(b"bytes of an older commit")
     (store / ".partial" / "zephyr-test.json").write_text(
         json.dumps({"repo_id": REPO, "commit": "0" * 40}))
-    result = zl(store, "pull", REPO)
+    result = invoke(store, "pull", REPO)
     assert result.exit_code == 0, result.output
     assert "Discarding a partial download" in result.stderr
     assert all(r is None for _, _, r in on_hub.requests)  # started over, no Range
@@ -270,31 +254,31 @@ def test_partial_download_of_another_commit_is_discarded(on_hub, tmp_path):
 
 
 def test_unknown_repo(on_hub, tmp_path):
-    result = zl(tmp_path, "pull", "test-org/no-such-model")
+    result = invoke(tmp_path, "pull", "test-org/no-such-model")
     assert_one_line_error(result, 2, "'test-org/no-such-model' not found", "hf auth login")
 
 
 def test_unknown_revision(on_hub, tmp_path):
-    result = zl(tmp_path, "pull", REPO, "--revision", "v9")
+    result = invoke(tmp_path, "pull", REPO, "--revision", "v9")
     assert_one_line_error(result, 2, "revision 'v9' not found", REPO)
     assert not (tmp_path / "zephyr-test").exists()
 
 
 def test_gated_repo_asks_for_login(on_hub, tmp_path):
-    result = zl(tmp_path, "pull", "test-org/gated")
+    result = invoke(tmp_path, "pull", "test-org/gated")
     assert_one_line_error(result, 2, "gated", "hf auth login", "HF_TOKEN")
     assert not (tmp_path / "gated").exists()
 
 
 def test_pickle_only_repo_is_refused_before_any_download(on_hub, tmp_path):
-    result = zl(tmp_path, "pull", "test-org/pickle-only")
+    result = invoke(tmp_path, "pull", "test-org/pickle-only")
     assert_one_line_error(result, 2, "pickle", "pytorch_model.bin", "safetensors")
     assert on_hub.paths_requested() and not [p for p in on_hub.paths_requested()
                                              if "/resolve/" in p]
 
 
 def test_unsupported_architecture_is_refused_before_the_weights(on_hub, tmp_path):
-    result = zl(tmp_path, "pull", "test-org/gpt2")
+    result = invoke(tmp_path, "pull", "test-org/gpt2")
     assert_one_line_error(result, 2, "'gpt2' is not supported")
     assert on_hub.paths_requested("/config.json")
     assert not on_hub.paths_requested(".safetensors")
@@ -303,7 +287,7 @@ def test_unsupported_architecture_is_refused_before_the_weights(on_hub, tmp_path
 
 
 def test_invalid_repo_id(tmp_path):
-    assert_one_line_error(zl(tmp_path, "pull", "not a repo!"), 1, "invalid repo id")
+    assert_one_line_error(invoke(tmp_path, "pull", "not a repo!"), 1, "invalid repo id")
 
 
 def test_unreachable_hub_fails_with_one_line(tmp_path):
@@ -311,7 +295,7 @@ def test_unreachable_hub_fails_with_one_line(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pointed_at(f"http://127.0.0.1:{port}", tmp_path / "hf"):
-        result = zl(tmp_path, "pull", REPO)
+        result = invoke(tmp_path, "pull", REPO)
     assert_one_line_error(result, 2, "cannot reach the Hugging Face hub", "run again when online")
 
 
@@ -331,7 +315,7 @@ def test_offline_mode_with_nothing_cached(hub, tmp_path):
 def test_not_enough_disk_space_is_refused_up_front(on_hub, tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1_000_000))
-    result = zl(tmp_path, "pull", REPO)
+    result = invoke(tmp_path, "pull", REPO)
     assert_one_line_error(result, 1, "not enough disk space", "1.0 MB is free")
     assert not [p for p in on_hub.paths_requested() if "/resolve/" in p]
 
@@ -362,7 +346,7 @@ def test_disk_full_mid_file_keeps_the_partial_download(on_hub, tmp_path, monkeyp
         return FullDisk(handle) if path.name.startswith("model.") else handle
 
     monkeypatch.setattr(download, "open_incomplete", opener)
-    result = zl(tmp_path, "pull", REPO)
+    result = invoke(tmp_path, "pull", REPO)
     assert_one_line_error(result, 1, "disk full while writing model.safetensors", "resumes it")
     assert not (tmp_path / "zephyr-test").exists()
     assert (tmp_path / ".partial" / "zephyr-test" / "config.json").exists()
@@ -370,7 +354,7 @@ def test_disk_full_mid_file_keeps_the_partial_download(on_hub, tmp_path, monkeyp
 
 def test_corrupt_download_is_rejected(on_hub, tmp_path):
     on_hub.faults.corrupt.add("model.safetensors")
-    result = zl(tmp_path, "pull", REPO)
+    result = invoke(tmp_path, "pull", REPO)
     assert_one_line_error(result, 1, "model.safetensors: checksum mismatch")
     assert not (tmp_path / "zephyr-test").exists()
     assert not list((tmp_path / ".partial" / "zephyr-test").glob("model.safetensors*"))

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import Cli
 
 import zephyr_local  # noqa: F401  (OpenBLAS before mlx)
 from zephyr_local import quality
@@ -53,15 +54,6 @@ def quantized(qstore):
         return built[key]
 
     return get
-
-
-def _cli(store: Path):
-    """Runs `zephyr-local --models-dir STORE ...` in-process."""
-    from click.testing import CliRunner
-
-    from zephyr_local.cli import cli
-
-    return lambda *args: CliRunner().invoke(cli, ["--models-dir", str(store), *args])
 
 
 def _headers(path: Path) -> dict:
@@ -242,7 +234,7 @@ def test_models_listing_counts_mixed_precision_layers(quantized):
 
 def test_cli_quantize_with_report_and_model_card(qstore, monkeypatch):
     monkeypatch.setattr(quality, "eval_text", lambda: "The lighthouse keeper. " * 60)
-    run = _cli(qstore)
+    run = Cli(qstore)
     flags = ["--bits", "5", "--group-size", "32", "--head-bits", "6"]
     result = run("quantize", "src", *flags, "--json")
     assert result.exit_code == 0, result.output
@@ -275,7 +267,7 @@ def test_existing_output_is_refused_then_replaced_with_force(qstore):
     out = qstore / "src-2bit-g128-head3"
     out.mkdir()
     (out / "marker").write_text("keep me")
-    run = _cli(qstore)
+    run = Cli(qstore)
     flags = ["--bits", "2", "--group-size", "128", "--head-bits", "3", "--no-eval"]
     result = run("quantize", "src", *flags)
     assert result.exit_code == 1
@@ -286,7 +278,7 @@ def test_existing_output_is_refused_then_replaced_with_force(qstore):
     assert not (out / "marker").exists() and (out / "config.json").exists()
 
 
-@pytest.mark.parametrize("step", ["_write_weights", "copy_tokenizer_files", "_save_config"])
+@pytest.mark.parametrize("step", ["write_weights", "copy_tokenizer_files", "_save_config"])
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
 def test_failure_midway_leaves_no_model_directory(qstore, monkeypatch, step, error):
     before = _model_like(qstore)
@@ -331,7 +323,8 @@ def no_work(monkeypatch):
 @pytest.mark.parametrize("args,message", [
     (["--bits", "7"], "--bits 7 is not supported: choose one of 2, 3, 4, 5, 6, 8"),
     (["--group-size", "48"], "--group-size 48 is not supported: choose one of 32, 64, 128"),
-    (["--dtype", "int8"], "--dtype int8 is not supported: choose one of float32, float16, bfloat16"),
+    (["--dtype", "int8"],
+     "--dtype int8 is not supported: choose one of float32, float16, bfloat16"),
     (["--head-bits", "1"], "--head-bits 1 is not supported"),
 ])
 def test_bad_options_are_refused_before_any_work(run_cli, no_work, args, message):
@@ -353,7 +346,7 @@ def test_group_size_not_dividing_a_dimension(run_cli, no_work, model_store):
 def test_already_quantized_source_is_refused(quantized, qstore, monkeypatch):
     path, _ = quantized(4, 64)
     _forbid_work(monkeypatch)
-    result = _cli(qstore)("quantize", str(path), "--out", str(qstore / "again"))
+    result = Cli(qstore)("quantize", str(path), "--out", str(qstore / "again"))
     assert result.exit_code == 2
     assert "already quantized (4-bit)" in result.stderr
     assert not (qstore / "again").exists()
@@ -429,7 +422,7 @@ def test_hub_id_not_in_the_store_is_pulled_first(qstore, monkeypatch):
         return SimpleNamespace(path=qstore / "src")
 
     monkeypatch.setattr(pull, "pull", fake_pull)
-    result = _cli(qstore)("quantize", "someone/fresh", "--no-eval")
+    result = Cli(qstore)("quantize", "someone/fresh", "--no-eval")
     assert result.exit_code == 0, result.output
     assert calls == [("someone/fresh", qstore)]
     assert (qstore / "fresh-4bit" / "config.json").exists()

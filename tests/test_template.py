@@ -30,7 +30,8 @@ CONVERSATIONS = {
     ],
     "code": [
         {"role": "user", "content": "Fix this:\n```python\ndef f(x):\n    return x+1\n```"},
-        {"role": "assistant", "content": "```python\ndef f(x: int) -> int:\n\treturn x + 1\n```\nDone."},
+        {"role": "assistant",
+         "content": "```python\ndef f(x: int) -> int:\n\treturn x + 1\n```\nDone."},
         {"role": "user", "content": "Now in C: `int f(int x) { return x + 1; }`"},
     ],
     "multi-line": [
@@ -103,9 +104,11 @@ def test_rendered_reference_example():
     [
         ([], "empty"),
         ("hello", "expected a list of messages, not str"),
-        ([{"role": "user", "content": "hi"}, {"role": "tool", "content": "x"}], "message 1: unknown role 'tool'"),
+        ([{"role": "user", "content": "hi"}, {"role": "tool", "content": "x"}],
+         "message 1: unknown role 'tool'"),
         ([{"role": "user", "content": ["a"]}], "message 0: content must be a string, not list"),
-        ([{"role": "user", "content": "a"}, {"role": "assistant"}], "message 1: content must be a string"),
+        ([{"role": "user", "content": "a"}, {"role": "assistant"}],
+         "message 1: content must be a string"),
         ([{"role": "user", "content": "a"}, "text"], "message 1: expected an object"),
         ([{"content": "a"}], "message 0: unknown role None"),
     ],

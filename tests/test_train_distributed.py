@@ -121,7 +121,8 @@ def test_two_rank_sft_equals_one_process(run_cli, model_store, files, tmp_path):
     assert "Wrote adapter" in out and "Error" not in err, err
     assert_same_run(tmp_path / "one", tmp_path / "two")
     first = records(tmp_path / "two")[0]
-    assert first["num_tokens"] == records(tmp_path / "one")[0]["num_tokens"]  # summed, not one rank's
+    # summed over the ranks, not one rank's
+    assert first["num_tokens"] == records(tmp_path / "one")[0]["num_tokens"]
 
 
 def _rank_pid(launcher_pid: int, rank: int) -> int | None:

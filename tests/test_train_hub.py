@@ -10,7 +10,8 @@ from zephyr_local.train.rows import DataError
 
 ROW = {"prompt": "Hi", "prompt_id": "x",
        "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
-       "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}],
+       "rejected": [{"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Go away."}],
        "messages": [], "score_chosen": 8.0, "score_rejected": 2.0}
 
 

@@ -174,7 +174,9 @@ def test_gradients_reach_every_lora_matrix_and_only_them(lora_model):
     _, tokens, mask = _pair_batch(lora_model.tokenizer, "Hi")
     with adapters_off(model):
         ref, _ = sequence_logps(model, tokens, mask)
-    fn = lambda *a: dpo_forward(model, *a, loss_name="sigmoid", beta=0.1, eps=0.0)
+    def fn(*a):
+        return dpo_forward(model, *a, loss_name="sigmoid", beta=0.1, eps=0.0)
+
     _, grads = nn.value_and_grad(model, fn)(tokens, mask, ref[:1], ref[1:], mx.array(1.0))
     flat = dict(tree_flatten(grads))
     names = [k for k, _ in tree_flatten(model.trainable_parameters())]

@@ -62,7 +62,8 @@ def test_first_step_is_log2_and_adapter_is_mlx_lm_format(run_cli, data, tmp_path
     assert first["rewards/chosen"] == pytest.approx(0, abs=1e-5)
     assert first["rewards/margins"] == pytest.approx(0, abs=1e-5)
     for key in ("rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected",
-                "logits/chosen", "logits/rejected", "num_tokens", "grad_norm", "learning_rate", "tokens_per_second", "peak_memory_gb", "step"):
+                "logits/chosen", "logits/rejected", "num_tokens", "grad_norm", "learning_rate",
+                "tokens_per_second", "peak_memory_gb", "step"):
         assert key in first
     assert second["loss"] < first["loss"] and second["step"] == 2
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -212,7 +213,8 @@ def test_adapter_for_another_model_is_refused_naming_both_shapes(run_cli, data, 
     out = tmp_path / "wrong"
     out.mkdir()
     cfg = {"fine_tune_type": "lora", "num_layers": 1,
-           "lora_parameters": {"rank": 4, "scale": 2.0, "dropout": 0.0, "keys": ["self_attn.q_proj"]}}
+           "lora_parameters": {"rank": 4, "scale": 2.0, "dropout": 0.0,
+                               "keys": ["self_attn.q_proj"]}}
     (out / "adapter_config.json").write_text(json.dumps(cfg))
     name = "model.layers.3.self_attn.q_proj.lora_a"
     mx.save_safetensors(str(out / "adapters.safetensors"), {name: mx.zeros((4096, 4))})
@@ -242,7 +244,8 @@ def test_sft_then_dpo_then_evaluate_then_fuse(run_cli, data, tmp_path, test_mode
     m = json.loads(e.stdout)
     assert m["eval_perplexity"] == pytest.approx(math.exp(m["eval_loss"]), rel=1e-6)
     assert m["rows"] == 8
-    e = run_cli("evaluate", "-m", "zephyr-test", "--adapter", str(dpo_out), "--data", data["heldout"])
+    e = run_cli("evaluate", "-m", "zephyr-test", "--adapter", str(dpo_out),
+                "--data", data["heldout"])
     assert e.exit_code == 0 and json.loads(e.stdout)["reference"] == str(sft_out.resolve())
     f = run_cli("fuse", "-m", "zephyr-test", "--adapter", str(dpo_out), "--out", str(fused))
     assert f.exit_code == 0, f.output
@@ -257,7 +260,8 @@ def test_sft_then_dpo_then_evaluate_then_fuse(run_cli, data, tmp_path, test_mode
                 str(tmp_path / "q4"), "--bits", "4")
     assert q.exit_code == 0, q.output
     assert json.loads((tmp_path / "q4" / "config.json").read_text())["quantization"]["bits"] == 4
-    g = run_cli("generate", "-m", str(tmp_path / "q4"), "--temp", "0", "--max-tokens", "3", "-p", "Hi")
+    g = run_cli("generate", "-m", str(tmp_path / "q4"), "--temp", "0", "--max-tokens", "3",
+                "-p", "Hi")
     assert g.exit_code == 0, g.output
     # QLoRA: LoRA on the 4-bit model; the reference is the same quantized weights.
     r = run_cli("dpo", "-m", str(tmp_path / "q4"), "--data", data["heldout"], "--out",

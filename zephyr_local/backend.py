@@ -135,7 +135,8 @@ def device_info() -> dict:
     info: dict = {"backend": backend_name(), "machine": platform.machine()}
     try:
         dev = mx.device_info()
-        info["device"] = dev.get("device_name") or dev.get("architecture") or str(mx.default_device())
+        info["device"] = (dev.get("device_name") or dev.get("architecture")
+                          or str(mx.default_device()))
         if "memory_size" in dev:
             info["memory_bytes"] = int(dev["memory_size"])
     except Exception:  # older or CPU-only builds describe nothing
@@ -147,17 +148,10 @@ def device_info() -> dict:
             pass
     info["processor"] = platform.processor() or _cpu_model()
     name, detail = blas()
-    info["blas"] = name if info["backend"] == "cpu" or sys.platform == "darwin" else f"{name} (unused)"
+    used = info["backend"] == "cpu" or sys.platform == "darwin"
+    info["blas"] = name if used else f"{name} (unused)"
     info["blas_detail"] = detail
     return info
-
-
-def distributed_info() -> dict:
-    """Whether this process is one rank of an active distributed group (mlx.launch or
-    mpirun), the group's size and this rank; joining the group has a deadline."""
-    from zephyr_local.train.distributed import describe as describe_group
-
-    return describe_group()
 
 
 def describe() -> dict:

@@ -9,14 +9,16 @@ import json
 import os
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import click
 
-from zephyr_local import backend
-from zephyr_local.atomic import human_bytes
+from zephyr_local import flags as _flags
+from zephyr_local import store_cli
+from zephyr_local.bench import cli as bench_cli
+from zephyr_local.cli_common import model_option, store_dir
 from zephyr_local.errors import ZephyrError, describe_os_error, first_line
 from zephyr_local.params import SEED, Finite
+from zephyr_local.train import cli as train_cli
 
 
 class _Group(click.Group):
@@ -61,17 +63,10 @@ def cli(ctx: click.Context, models_dir: str | None) -> None:
     ctx.obj = {"models_dir": models_dir}
 
 
-def _store(ctx: click.Context) -> Path:
-    from zephyr_local import store
-
-    return store.models_dir(ctx.obj.get("models_dir") if ctx.obj else None)
-
-
-def model_option(f):
-    return click.option(
-        "--model", "-m", "model", default=None,
-        help="Local directory, store name, or downloaded hub id (default: zephyr-7b-beta-4bit).",
-    )(f)
+# The store commands live in store_cli.py; the adapter commands (sft, dpo, evaluate, fuse,
+# export-peft) in train/cli.py.
+for _command in (*store_cli.COMMANDS, *train_cli.COMMANDS, *bench_cli.COMMANDS):
+    cli.add_command(_command)
 
 
 def sampling_options(f):
@@ -156,10 +151,11 @@ def info(ctx: click.Context, as_json: bool) -> None:
 
     Example: zephyr-local info
     """
-    from zephyr_local import backend, report
+    from zephyr_local import report
+    from zephyr_local.train.distributed import describe as describe_group
 
-    data = report.gather(_store(ctx))
-    data["distributed"] = backend.distributed_info()
+    data = report.gather(store_dir(ctx))
+    data["distributed"] = describe_group()
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -184,7 +180,7 @@ def tokenize(ctx, model, messages_file, text, no_generation_prompt) -> None:
     if (messages_file is None) == (text is None):
         raise click.UsageError("give exactly one of --messages or --text")
     messages = read_messages(messages_file) if messages_file is not None else None
-    tokenizer = loading.load_tokenizer(store.resolve_model(model, _store(ctx)))
+    tokenizer = loading.load_tokenizer(store.resolve_model(model, store_dir(ctx)))
     if messages is not None:
         ids = template.encode(tokenizer, messages, not no_generation_prompt)
     else:
@@ -221,7 +217,7 @@ def generate(ctx, model, adapter, prompt, stdin_prompt, messages_file, system, c
     from zephyr_local.engine import Engine
     from zephyr_local.template import uses_own_template
 
-    engine = Engine.load(model, adapter, _store(ctx).as_posix())
+    engine = Engine.load(model, adapter, store_dir(ctx).as_posix())
     notice = uses_own_template(engine.tokenizer)
     if notice:
         click.secho(f"Note: {notice}.", err=True, dim=True)
@@ -294,229 +290,6 @@ def _stats_line(s) -> str:
     )
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-@click.pass_context
-def models(ctx, as_json: bool) -> None:
-    """List local models: name, path, size, dtype and quantization.
-
-    Directories in the store that cannot be loaded are named on stderr, with why.
-
-    Example: zephyr-local models
-    """
-    from zephyr_local import display, store
-    from zephyr_local.hfcache import cached_models
-
-    rows = store.list_models(_store(ctx))
-    rows += cached_models(exclude={r.source for r in rows if r.source})
-    if as_json:
-        click.echo(json.dumps([{**r.__dict__, "path": str(r.path)} for r in rows], indent=2))
-        return
-    usable = [r for r in rows if not r.error]
-    if not usable:
-        click.echo(f"No models in {_store(ctx)}. Try `zephyr-local pull` or "
-                   "`zephyr-local create-test-model`.")
-    else:
-        display.print_models(usable, f"Models in {_store(ctx)} and the Hugging Face cache")
-    for r in rows:
-        if r.error:
-            click.echo(f"not usable: {r.name}: {r.error}", err=True)
-
-
-@cli.command("create-test-model")
-@click.argument("out_dir", required=False, type=click.Path(file_okay=False))
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(backend.COMPUTE_DTYPES), default=None,
-              help="float32 is fastest on CPUs (default; bfloat16 with --full-size).")
-@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
-@click.option("--full-size", is_flag=True,
-              help="Zephyr-7B's real shape (~14.5 GB in bf16), written shard by shard, "
-                   "for measuring quantize and memory (default OUT_DIR: zephyr-test-7b).")
-@click.pass_context
-def create_test_model_cmd(ctx, out_dir, seed, dtype, force, full_size) -> None:
-    """Write a tiny random-weight Zephyr-architecture model with the real tokenizer.
-
-    OUT_DIR defaults to `zephyr-test` in the model store. Every command works on
-    it offline (its replies are gibberish).
-
-    Example: zephyr-local create-test-model && zephyr-local generate -m zephyr-test -p Hi
-    """
-    from zephyr_local.testmodel import create_full_size_test_model, create_test_model
-
-    if full_size:
-        out = Path(out_dir) if out_dir else _store(ctx) / "zephyr-test-7b"
-        path = create_full_size_test_model(
-            out, seed=seed, dtype=dtype or "bfloat16", force=force,
-            progress=lambda done, total: click.echo(f"shard {done}/{total} written", err=True))
-    else:
-        out = Path(out_dir) if out_dir else _store(ctx) / "zephyr-test"
-        path = create_test_model(out, seed=seed, dtype=dtype or "float32", force=force)
-    click.echo(f"Wrote {path}")
-
-
-# --- pull command (zephyr_local/pull.py) ---
-
-
-@cli.command("pull")
-@click.argument("repo_id", required=False)
-@click.option("--revision", default=None, help="Branch, tag or commit (default: main).")
-@click.option("--force", is_flag=True, help="Download again even if the model is in the store.")
-@click.pass_context
-def pull_cmd(ctx, repo_id: str | None, revision: str | None, force: bool) -> None:
-    """Download a model from the Hugging Face hub into the store (default: Zephyr-7B-beta).
-
-    Only safetensors weights and the config/tokenizer files are fetched; pickle
-    checkpoints are refused. An interrupted pull resumes where it stopped when run again.
-
-    Example: zephyr-local pull HuggingFaceH4/zephyr-7b-beta
-    """
-    from zephyr_local import display, pull, store
-
-    repo_id = repo_id or store.DEFAULT_REPO
-    try:
-        with display.DownloadBar() as bar:
-            result = pull.pull(repo_id, _store(ctx), revision=revision, force=force,
-                               notify=bar.note, progress=bar.update)
-    except KeyboardInterrupt:
-        click.echo("The partial download is kept: the same command resumes it.", err=True)
-        raise
-    size = human_bytes(result.size_bytes)
-    if result.from_hf_cache:
-        click.echo(f"{repo_id} is already complete in the Hugging Face cache: {result.path} "
-                   f"({size}); using it there (no second copy). --force downloads it into "
-                   "the store.")
-        return
-    if result.already_present:
-        click.echo(f"{repo_id} is already in the store: {result.path} ({size}). "
-                   "Use --force to download it again.")
-        return
-    click.echo(f"Pulled {repo_id} @ {result.commit[:12]} into {result.path} ({size}).")
-    click.echo(f"Next: zephyr-local quantize {repo_id} --bits 4")
-
-
-# --- quantize command (zephyr_local/quantize.py) ---
-
-
-@cli.command()
-@click.argument("model", required=False)
-@click.option("--model", "-m", "model_opt", default=None, metavar="MODEL",
-              help="The same as the MODEL argument (as every other command takes it).")
-@click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4, 5, 6 or 8.")
-@click.option("--group-size", type=int, default=64, show_default=True,
-              help="Weights per scale and bias: 32, 64 or 128.")
-@click.option("--dtype", default=None,
-              help=f"Scales, biases and unquantized parameters: {', '.join(backend.COMPUTE_DTYPES)} "
-                   f"(default: the backend's fastest, {backend.default_dtypes_text()}).")
-@click.option("--head-bits", type=int, default=None,
-              help="Bits for the embedding and output head (default: --bits).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output directory (default: <store>/<name>-<bits>bit).")
-@click.option("--force", is_flag=True, help="Replace the output if it exists.")
-@click.option("--no-eval", is_flag=True, help="Skip the perplexity/KL quality report.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.pass_context
-def quantize(ctx, model, model_opt, bits, group_size, dtype, head_bits, out, force, no_eval,
-             as_json) -> None:
-    """Quantize MODEL (hub id, store name or directory) and report what it cost.
-
-    The report (sizes, bits per weight, time, peak memory, perplexity and KL
-    divergence against the source on a built-in text) is printed and saved as
-    quantization_report.json beside the model, with a model card.
-
-    Example: zephyr-local quantize HuggingFaceH4/zephyr-7b-beta --bits 4
-    """
-    from zephyr_local import display, store
-    from zephyr_local import quantize as q
-
-    if model and model_opt and model != model_opt:
-        raise click.UsageError(f"two models given ({model!r} and --model {model_opt!r})")
-    model = model or model_opt
-    opts = q.QuantizeOptions(bits=bits, group_size=group_size, dtype=dtype,
-                             head_bits=head_bits, force=force, evaluate=not no_eval).validate()
-    arg = model or store.DEFAULT_REPO
-    source = _quantize_source(arg, _store(ctx))
-    # a hub id names the output (a Hugging Face cache snapshot dir is a commit hash)
-    name = store.store_name(arg) if "/" in arg and not Path(arg).is_dir() else source.name
-    target = Path(out) if out else _store(ctx) / q.output_name(name, opts)
-    with display.ProgressBars() as bars:
-        report = q.quantize(source, target, opts, bars("Quantizing"), bars("Evaluating"))
-    if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
-    else:
-        display.print_quantize_report(report)
-
-
-def _quantize_source(arg: str, store_dir: Path) -> Path:
-    """The source directory; a hub id that is not here yet is pulled first."""
-    from zephyr_local import store
-    from zephyr_local.errors import ModelNotFoundError
-
-    try:
-        return store.resolve_model(arg, store_dir)
-    except ModelNotFoundError:
-        if arg.count("/") != 1 or arg.startswith((".", "/", "~")):
-            raise
-        from zephyr_local.pull import pull
-
-        click.echo(f"{arg} is not in the store: pulling it first.", err=True)
-        return pull(arg, store_dir, notify=lambda line: click.echo(line, err=True)).path
-
-
-# --- import command (zephyr_local/gguf_import.py) ---
-
-
-@cli.command("import")
-@click.argument("source")
-@click.option("--name", default=None, help="Name in the model store (default: from SOURCE).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output directory instead of the store.")
-@click.option("--dtype", type=click.Choice(backend.COMPUTE_DTYPES), default=None,
-              help="Scales, biases and float weights (default: the backend's fastest, "
-                   f"{backend.default_dtypes_text()}).")
-@click.option("--dequantize", is_flag=True,
-              help="Write every tensor as float (a source for `quantize` at other bits).")
-@click.option("--force", is_flag=True, help="Replace the output if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
-@click.pass_context
-def import_cmd(ctx, source, name, out, dtype, dequantize, force, as_json) -> None:
-    """Import a llama/mistral GGUF (a .gguf file, or ollama:NAME[:TAG]) into the store.
-
-    Q4_0, Q4_1 and Q8_0 tensors stay quantized (exactly); F32/F16/BF16 stay float;
-    other types (K-quants, IQ) are dequantized to float. Nothing is downloaded.
-
-    Example: zephyr-local import ollama:zephyr   (or: zephyr-local import model.Q4_0.gguf)
-    """
-    from zephyr_local import backend, display, gguf_import, ollama_store
-
-    if name and out:
-        raise click.UsageError("give --name or --out, not both")
-    if source.startswith(ollama_store.PREFIX):
-        path, default = ollama_store.find_gguf(source), ollama_store.store_name(source)
-    else:
-        path = Path(source).expanduser()
-        default = gguf_import.default_name(path)
-    target = Path(out) if out else _store(ctx) / (name or default)
-    with display.ProgressBars() as bars:
-        report = gguf_import.import_gguf(
-            path, target, dtype=dtype or backend.default_dtype(), force=force,
-            dequantize=dequantize, origin=source, progress=bars("Importing"))
-    if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
-        return
-    kept = f"{report.kept_quantized} tensors kept {report.bits}-bit" if report.bits else "float"
-    click.echo(f"Imported {source} into {target}: {report.architecture}, "
-               f"{report.parameters / 1e6:.0f}M parameters, {kept}, {report.dtype}; "
-               f"{human_bytes(report.output_bytes)} in {report.seconds:.1f} s "
-               f"(peak {report.peak_memory_gb:.2f} GB).")
-    for note in report.notes:
-        click.echo(f"Note: {note}.", err=True)
-    if report.chat_template == "other":
-        click.echo("Note: the GGUF's own chat template is kept in tokenizer_config.json; "
-                   "zephyr-local chats and trains in Zephyr's (run `sft` first to teach it).",
-                   err=True)
-    click.echo(f"Next: zephyr-local chat -m {target.name if not out else target}")
-
-
 # --- chat command (zephyr_local/tui/) ---
 
 
@@ -541,7 +314,8 @@ def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) ->
 
     options, lookup = sampling_from(kwargs), lookup_from(kwargs)
     History(history_path).close()  # a corrupt or newer database: one-line error, file untouched
-    from zephyr_local.tui.app import ChatApp, ChatConfig
+    from zephyr_local.tui.app import ChatApp
+    from zephyr_local.tui.config import ChatConfig
 
     models_dir = ctx.obj.get("models_dir") if ctx.obj else None
     config = ChatConfig(model=model, adapter=adapter, models_dir=models_dir, system_prompt=system,
@@ -552,7 +326,7 @@ def chat(ctx, model, adapter, system, context_budget, history_path, **kwargs) ->
         _pull_default_model(ctx)
         app = ChatApp(config)
         app.run()
-    history = app.history
+    history = app.chat_history.db
     if history is not None and history.pending:
         click.secho(f"Warning: {history.pending} change(s) of this chat could not be saved to "
                     f"{history.path} ({history.problem}).", err=True, fg="yellow")
@@ -569,57 +343,7 @@ def _pull_default_model(ctx: click.Context) -> None:
     ctx.invoke(quantize_cmd, model=store.DEFAULT_REPO, bits=4)
 
 
-# --- training commands: sft, dpo, evaluate, fuse (zephyr_local/train/) ---
-from zephyr_local.train.commands import register as _register_training  # noqa: E402
-
-_register_training(cli)
-
-# --- bench command (benchmarks/) ---
-
-
-@cli.command()
-@click.option("--quick", "mode", flag_value="quick", default=True,
-              help="Small settings: under 2 minutes on a 2-core CPU (default).")
-@click.option("--full", "mode", flag_value="full", help="Larger settings and more repeats.")
-@model_option
-@click.option("--case", "cases", multiple=True,
-              help="Run only this case (repeatable): generation, multiturn, chat-ui, hardware, "
-                   "blas, dpo, dtype, quantize, retrieval, lookup.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Results folder (default: benchmarks/results in the checkout).")
-def bench(mode, model, cases, out_dir) -> None:
-    """Benchmark zephyr-local against mlx-lm, naive designs and the hardware limit.
-
-    Without --model it builds the test model. Writes <date>-<machine>.json, .md and
-    .png to the results folder and prints the table.
-
-    Example: zephyr-local bench --quick
-    """
-    from zephyr_local import store
-    from zephyr_local.bench import harness
-
-    if model is not None:
-        model = str(store.resolve_model(model))
-    from zephyr_local import display
-
-    with display.ProgressBars() as bars:
-        cases_bar = bars("Benchmark")
-        run = harness.run(mode, model, list(cases) or None,
-                          progress=lambda msg: bars.progress.console.print(f"... {msg}"),
-                          on_case=lambda done, total, name: cases_bar(done, total, name))
-    out = Path(out_dir) if out_dir else store.home_dir() / "benchmarks" / "results"
-    paths = harness.write(run, out)
-    click.echo(paths["md"].read_text())
-    click.echo(f"Wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")
-
-
-from zephyr_local.export import register as _register_export
-
-_register_export(cli)
-
 # mlx-lm's flag names as aliases, from the one table in flags.py (after every command exists).
-from zephyr_local import flags as _flags
-
 _flags.install(cli)
 _flags.install_model_completion(cli)
 

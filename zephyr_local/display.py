@@ -81,6 +81,63 @@ class ProgressBars:
         return update
 
 
+def training_progress(kind: str):
+    """`sft`/`dpo`'s rich progress bar, fed by the run's events; returns (callback, progress)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                        console=Console(stderr=True))
+    state = {"work": {}}
+
+    def on_event(event: str, payload) -> None:
+        if event == "work":  # tokenizing, the reference pass: before the first step
+            if not progress.live.is_started:
+                progress.start()
+            tasks = state["work"]
+            if payload["what"] not in tasks:
+                tasks[payload["what"]] = progress.add_task(payload["what"], total=payload["total"],
+                                                           info="")
+            progress.update(tasks[payload["what"]], completed=payload["done"],
+                            total=payload["total"], description=payload["what"])
+        elif event == "data":
+            for tag, ds in (("train", payload["train"]), ("eval", payload["eval"])):
+                if ds is not None:
+                    progress.console.print(f"[bold]{tag} data[/] {ds.source}: {ds.summary.line()}")
+                    for err in ds.summary.first_errors:
+                        progress.console.print(f"  [yellow]{err}[/]")
+        elif event == "reference":
+            how = "loaded from cache" if payload["cached"] else "computed and cached"
+            progress.console.print(f"reference log-probs ({payload['data']}, {payload['rows']} "
+                                   f"sequences): {how} {payload['path']}")
+        elif event == "start":
+            if not progress.live.is_started:
+                progress.start()
+            state["task"] = progress.add_task(kind, total=payload["total"],
+                                              completed=payload["start"], info="")
+        elif event == "step":
+            progress.update(state["task"], completed=payload["step"], info=_step_info(payload))
+        elif event == "eval":
+            info = " ".join(f"{k}={v:.4g}" for k, v in payload.items()
+                            if k != "step" and isinstance(v, float))
+            progress.console.print(f"step {payload['step']} {info}")
+
+    return on_event, progress
+
+
+def _step_info(r: dict) -> str:
+    keys = [("loss", "loss"), ("rewards/accuracies", "acc"), ("rewards/margins", "margin"),
+            ("learning_rate", "lr"), ("tokens_per_second", "tok/s"), ("peak_memory_gb", "GB")]
+    return " ".join(f"{short} {r[k]:.4g}" for k, short in keys if k in r)
+
+
 def print_quantize_report(r) -> None:
     """The quantization report as a rich table on stdout."""
     from rich.console import Console
@@ -126,7 +183,8 @@ def print_metrics_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{result.get('kind', '')} evaluation of {result.get('adapter') or 'the base'}")
+    adapter = result.get("adapter") or "the base"
+    table = Table(title=f"{result.get('kind', '')} evaluation of {adapter}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.items():

@@ -55,6 +55,7 @@ class PromptPlan:
     mode: str  # "none", "whole" or "passages"
     reserve: int  # tokens kept for the reply
     dropped_turns: int = 0
+    dropped_messages: int = 0  # non-system messages cut from the front of the conversation
     used: list[UsedPassage] = field(default_factory=list)
 
 
@@ -89,7 +90,8 @@ def plan(tokenizer, messages: Sequence[dict], budget: int, max_tokens: int,
     reserve = reply_reserve(budget, max_tokens)
     if not docs:
         fitted = fit_to_budget(tokenizer, messages, budget, reserve)
-        return PromptPlan(fitted.ids, fitted.messages, "none", reserve, fitted.dropped_turns)
+        return PromptPlan(fitted.ids, fitted.messages, "none", reserve, fitted.dropped_turns,
+                          fitted.dropped_messages)
     whole = whole_prompt(tokenizer, messages, [d.document for d in docs], budget, reserve)
     if whole is not None:
         return PromptPlan(encode(tokenizer, whole), whole, "whole", reserve)
@@ -136,7 +138,8 @@ def _retrieve(tokenizer, messages, budget, reserve, db, docs) -> PromptPlan:
         chosen = chosen[:-1]
     used = [UsedPassage(h.document, h.passage.start_line, h.passage.end_line, h.passage.heading,
                         " ".join(h.passage.text.split()[:8]), h.passage.tokens) for h in chosen]
-    return PromptPlan(ids, final, "passages", reserve, fitted.dropped_turns, used)
+    return PromptPlan(ids, final, "passages", reserve, fitted.dropped_turns,
+                      fitted.dropped_messages, used)
 
 
 def choose(hits: Sequence[retrieval.Hit], room: int) -> list[retrieval.Hit]:

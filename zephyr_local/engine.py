@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from zephyr_local import loading, lookup, store
 from zephyr_local.lookup import LookupCounts, LookupOptions
@@ -34,6 +34,7 @@ class ReplyStats:
     ttft_s: float  # from the call to the first sampled token
     peak_memory_gb: float
     dropped_turns: int = 0  # turns cut to fit the context budget
+    dropped_messages: int = 0  # the non-system messages cut, all from the front
     draft_tokens: int = 0  # tokens proposed by prompt lookup
     accepted_tokens: int = 0  # of those, kept (each saved a forward pass)
 
@@ -77,7 +78,7 @@ class Engine:
         model: str | Path | None = None,
         adapter: str | Path | None = None,
         models_dir: str | Path | None = None,
-    ) -> "Engine":
+    ) -> Engine:
         """Resolve `model` (path, store name or downloaded hub id) and load it."""
         path = store.resolve_model(model, store.models_dir(models_dir))
         adapter_path = Path(adapter).expanduser() if adapter else None
@@ -126,28 +127,34 @@ class ChatSession:
         """Stop the reply in progress after at most one more token (any thread)."""
         self._cancel.set()
 
-    def reply(self, messages: Sequence[dict], options: SamplingOptions | None = None) -> Iterator[Response]:
+    def reply(
+        self, messages: Sequence[dict], options: SamplingOptions | None = None
+    ) -> Iterator[Response]:
         """Stream the assistant's reply to a conversation.
 
         The oldest turns are dropped to fit the context budget (the final
-        record's `stats.dropped_turns` says how many); raises ContextOverflowError
+        record's `stats.dropped_turns` says how many turns, `stats.dropped_messages`
+        how many non-system messages from the front); raises ContextOverflowError
         if the newest turn alone does not fit.
         """
         options = (options or SamplingOptions()).validate()
         reserve = min(options.max_tokens, self.context_budget // 2)
         fitted = fit_to_budget(self.engine.tokenizer, messages, self.context_budget, reserve)
-        return self.reply_to_ids(fitted.ids, options, fitted.dropped_turns)
+        return self.reply_to_ids(fitted.ids, options, fitted.dropped_turns,
+                                 fitted.dropped_messages)
 
     def reply_to_ids(
-        self, ids: Sequence[int], options: SamplingOptions | None = None, dropped_turns: int = 0
+        self, ids: Sequence[int], options: SamplingOptions | None = None, dropped_turns: int = 0,
+        dropped_messages: int = 0,
     ) -> Iterator[Response]:
-        """Stream a continuation of prompt token ids (already templated)."""
+        """Stream a continuation of prompt token ids (already templated); the dropped
+        counts, from whoever fitted the prompt, are passed on to the final stats."""
         options = (options or SamplingOptions()).validate()
         if not ids:
             raise ValueError("the prompt is empty")
         self._cancel.clear()
         return self.engine.worker.stream(
-            self._run, list(ids), options, dropped_turns, cancel=self._cancel
+            self._run, list(ids), options, dropped_turns, dropped_messages, cancel=self._cancel
         )
 
     def reset(self) -> None:
@@ -173,7 +180,8 @@ class ChatSession:
         self._cached_ids = ids[:keep]
         return keep
 
-    def _run(self, ids: list[int], options: SamplingOptions, dropped_turns: int) -> Iterator[Response]:
+    def _run(self, ids: list[int], options: SamplingOptions, dropped_turns: int,
+             dropped_messages: int = 0) -> Iterator[Response]:
         """The decode loop; runs on the MLX thread."""
         import mlx.core as mx
         from mlx_lm.generate import generation_stream, wired_limit
@@ -228,6 +236,7 @@ class ChatSession:
             ttft_s=t_first - t0,
             peak_memory_gb=mx.get_peak_memory() / 1e9,
             dropped_turns=dropped_turns,
+            dropped_messages=dropped_messages,
             draft_tokens=counts.draft_tokens,
             accepted_tokens=counts.accepted_tokens,
         )

@@ -92,25 +92,3 @@ def export_peft(adapter: Path, out: Path, base_model: str | None = None,
         mx.save_safetensors(str(tmp / PEFT_WEIGHTS), tensors, metadata={"format": "pt"})
         (tmp / PEFT_CONFIG).write_text(json.dumps(peft, indent=2) + "\n", encoding="utf-8")
     return out
-
-
-def register(cli) -> None:
-    """Add `export-peft` to the command group."""
-    import click
-
-    @cli.command("export-peft")
-    @click.argument("adapter", type=click.Path(file_okay=False))
-    @click.option("--out", required=True, type=click.Path(file_okay=False),
-                  help="PEFT adapter directory to write.")
-    @click.option("--base-model", default=None,
-                  help="Hub id for base_model_name_or_path (default: traced from the adapter).")
-    @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-    def export_peft_cmd(adapter, out, base_model, force) -> None:
-        """Write an adapter in Hugging Face PEFT's format, for PeftModel.from_pretrained.
-
-        Example: zephyr-local export-peft adapters/dpo --out adapters/dpo-peft
-        """
-        written = export_peft(Path(adapter), Path(out), base_model, force)
-        config = json.loads((written / PEFT_CONFIG).read_text())
-        click.echo(f"Wrote {written} (PEFT LoRA r={config['r']}, "
-                   f"lora_alpha={config['lora_alpha']}, base {config['base_model_name_or_path']!r})")

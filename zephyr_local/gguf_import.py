@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from zephyr_local import backend, gguf_tensors, gguf_tokenizer
-from zephyr_local.gguf_tokenizer import metadata_value
 from zephyr_local.atomic import atomic_dir, dir_size, human_bytes
 from zephyr_local.errors import ModelFormatError, ModelNotFoundError, ZephyrError
+from zephyr_local.gguf_tokenizer import metadata_value
 
 ARCHITECTURES = ("llama", "mistral")
 GROUP_SIZE = gguf_tensors.GROUP_SIZE
@@ -275,8 +275,6 @@ def import_gguf(
     """
     import mlx.core as mx
 
-    from zephyr_local import store
-
     if dtype not in backend.COMPUTE_DTYPES:
         raise ZephyrError(
             f"--dtype {dtype!r} is not one of {', '.join(backend.COMPUTE_DTYPES)}")
@@ -290,32 +288,41 @@ def import_gguf(
     for name in names:
         hf_name(name)  # refuse tensors with no place in the model before any work
     config = build_config(reader, names, dtype)
-    params = sum(int(t.n_elements) for t in reader.tensors)
     with atomic_dir(out) as tmp:
-        quantization, stats = convert_tensors(
-            reader, config, dtype, tmp, progress, dequantize)
-        if quantization:
-            config["quantization"] = quantization
-            config["quantization_config"] = quantization
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        tok = gguf_tokenizer.write_tokenizer(reader, tmp)
-        source = {"imported_from": origin or str(path), "format": "gguf",
-                  "file_type": stats["types"], "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        (tmp / store.SOURCE_FILE).write_text(json.dumps(source, indent=2))
-        report = ImportReport(
-            source=origin or str(path), output=str(out), architecture=str(
-                metadata_value(reader, "general.architecture")), model_type=config["model_type"],
-            parameters=params, tensor_types=stats["types"], kept_quantized=stats["kept"],
-            dequantized=stats["dequantized"], bits=(quantization or {}).get("bits"),
-            dtype=dtype, source_bytes=path.stat().st_size, output_bytes=dir_size(tmp),
-            seconds=0.0, peak_memory_gb=0.0, tokenizer=tok.kind, chat_template=tok.template)
-        if stats["dequantized"]:
-            report.notes.append(
-                f"{stats['dequantized']} tensors of types MLX cannot keep quantized were "
-                f"dequantized to {dtype}: `zephyr-local quantize` makes them small again")
+        report = _write_model(reader, config, path, tmp, dtype, dequantize, origin, progress)
+        report.output = str(out)
         report.seconds = round(time.perf_counter() - t0, 2)
         report.peak_memory_gb = round(max(mx.get_peak_memory() / 1e9, backend.peak_rss_gb()), 3)
         _write_card(tmp, report)
+    return report
+
+
+def _write_model(reader, config: dict, path: Path, tmp: Path, dtype: str, dequantize: bool,
+                 origin: str | None, progress) -> ImportReport:
+    """Tensors, config.json, tokenizer and source record into `tmp`; the report of it."""
+    from zephyr_local import store
+
+    quantization, stats = convert_tensors(reader, config, dtype, tmp, progress, dequantize)
+    if quantization:
+        config["quantization"] = quantization
+        config["quantization_config"] = quantization
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    tok = gguf_tokenizer.write_tokenizer(reader, tmp)
+    source = {"imported_from": origin or str(path), "format": "gguf",
+              "file_type": stats["types"], "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (tmp / store.SOURCE_FILE).write_text(json.dumps(source, indent=2))
+    report = ImportReport(
+        source=origin or str(path), output=str(tmp), architecture=str(
+            metadata_value(reader, "general.architecture")), model_type=config["model_type"],
+        parameters=sum(int(t.n_elements) for t in reader.tensors),
+        tensor_types=stats["types"], kept_quantized=stats["kept"],
+        dequantized=stats["dequantized"], bits=(quantization or {}).get("bits"),
+        dtype=dtype, source_bytes=path.stat().st_size, output_bytes=dir_size(tmp),
+        seconds=0.0, peak_memory_gb=0.0, tokenizer=tok.kind, chat_template=tok.template)
+    if stats["dequantized"]:
+        report.notes.append(
+            f"{stats['dequantized']} tensors of types MLX cannot keep quantized were "
+            f"dequantized to {dtype}: `zephyr-local quantize` makes them small again")
     return report
 
 

@@ -122,11 +122,50 @@ def load(path: Path, adapter_path: Path | None = None, lazy: bool = False) -> Lo
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ModelFormatError(f"{path}: cannot load weights ({_first_line(exc)})") from None
     if adapter_path is not None:
-        from zephyr_local.train.lora import load_adapter_into  # the one adapter loader
-
-        load_adapter_into(model, Path(adapter_path))
+        attach_adapter(model, Path(adapter_path))
     tokenizer = _tokenizer(path, config)
     return LoadedModel(model, tokenizer, config, path, adapter_path)
+
+
+def attach_adapter(model, path: Path) -> dict:
+    """Wrap the model as the adapter says and load its weights (eval mode); returns the
+    adapter's config.
+
+    The project's one adapter loader: mlx-lm's `load_adapters` does the wrapping and
+    loading, so LoRA and DoRA adapters (`fine_tune_type: dora`) made by mlx-lm load exactly
+    as mlx-lm loads them. What it adds: the model is frozen first, so the adapter's matrices
+    are its only trainable parameters, and an adapter for another model is refused in one
+    line instead of mlx-lm's shape error.
+
+    Raises:
+        ModelFormatError: a full fine-tune, or an adapter for another model.
+    """
+    from mlx_lm.utils import load_adapters
+
+    path = Path(path)
+    config = check_adapter_dir(path)
+    kind = config.get("fine_tune_type", "lora")
+    if kind not in ("lora", "dora"):
+        raise ModelFormatError(f"{path}: fine_tune_type {kind!r} is not an adapter "
+                               "(only lora and dora adapters load here)")
+    try:
+        layers = int(config["num_layers"])
+        params = config["lora_parameters"]
+        int(params["rank"]), float(params["scale"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: adapter_config.json: missing or bad field ({exc})") \
+            from None
+    if layers > len(model.layers):
+        raise ModelFormatError(f"{path}: the adapter adapts {layers} layers but the base "
+                               f"model has {len(model.layers)}: it was trained for another model")
+    model.freeze()
+    try:
+        load_adapters(model, str(path))
+    except ValueError as exc:
+        raise ModelFormatError(f"{path}: the adapter was trained for another model "
+                               f"({_first_line(exc)})") from None
+    model.eval()  # ready for inference; the trainer switches dropout back on
+    return config
 
 
 def _first_line(exc: BaseException) -> str:

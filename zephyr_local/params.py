@@ -27,3 +27,20 @@ class Finite(click.FloatRange):
 
 
 SEED = click.IntRange(0, SEED_MAX)
+
+
+class LazyChoice(click.Choice):
+    """A Choice whose values are read on first use, from a function returning them.
+
+    For choices that are the keys of a dict in a module that imports mlx (the DPO losses):
+    building the command stays free of mlx, so `zephyr-local --help` stays instant.
+    """
+
+    def __init__(self, load, case_sensitive: bool = True):
+        self._load, self._choices, self.case_sensitive = load, None, case_sensitive
+
+    @property
+    def choices(self) -> tuple:
+        if self._choices is None:
+            self._choices = tuple(self._load())
+        return self._choices

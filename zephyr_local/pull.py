@@ -87,41 +87,52 @@ def pull(
     _validate_repo_id(repo_id)
     target = store / store_name(repo_id)
     if target.exists() and not force:
-        source = read_source(target)
-        if source.get("repo_id") != repo_id or revision not in (None, source.get("revision")):
-            held = f"{source.get('repo_id')}@{source.get('revision')}" if source else "another model"
-            raise ZephyrError(
-                f"{target} already holds {held}, not {repo_id}@{revision or 'main'}: "
-                "pass --force to replace it, or move it away first"
-            )
-        return PullResult(target, repo_id, source.get("commit"), dir_size(target),
-                          already_present=True)
+        return _already_present(target, repo_id, revision)
     cached = None if force else _from_hf_cache(repo_id, revision)
     if cached is not None:
         return cached
     partial_root = store / PARTIAL_DIR
     partial_root.mkdir(parents=True, exist_ok=True)
     with _exclusive(partial_root / f"{target.name}.lock", repo_id):
-        commit, files = list_files(repo_id, revision)
-        partial = partial_root / target.name
-        _prepare_partial(partial, repo_id, commit, notify)
-        todo = [f for f in files if not (partial / f.name).is_file()]
-        _check_disk_space(partial, todo)
-        tracker = Tracker(sum(f.size or 0 for f in files), progress)
-        tracker.done = tracker.total - sum(f.size or 0 for f in todo) + sum(
-            _size_or_zero(part_path(partial, f)) for f in todo)
-        notify(f"Pulling {repo_id} @ {commit[:12]}: {len(files)} files, {human_bytes(tracker.total)}"
-               f" ({len(files) - len(todo)} already here)")
-        downloaded = _download_all(repo_id, commit, partial, todo, tracker)
-        loading.check_model_dir(partial)
-        # One copy on disk, in the Hugging Face cache where mlx-lm finds it by hub id too.
-        shared = hfcache.adopt(partial, repo_id, commit, revision, files)
-        _finish(partial, target, {
-            "repo_id": repo_id, "revision": revision or "main", "commit": commit,
-            "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "hf_cache": str(hfcache.cache_dir()) if shared else None,
-        })
-        _state_path(partial).unlink(missing_ok=True)
+        return _download_into(partial_root, target, repo_id, revision, notify, progress)
+
+
+def _already_present(target: Path, repo_id: str, revision: str | None) -> PullResult:
+    """The store entry, if it holds this repo (and revision); refused if it holds another."""
+    source = read_source(target)
+    if source.get("repo_id") != repo_id or revision not in (None, source.get("revision")):
+        held = f"{source.get('repo_id')}@{source.get('revision')}" if source else "another model"
+        raise ZephyrError(
+            f"{target} already holds {held}, not {repo_id}@{revision or 'main'}: "
+            "pass --force to replace it, or move it away first"
+        )
+    return PullResult(target, repo_id, source.get("commit"), dir_size(target),
+                      already_present=True)
+
+
+def _download_into(partial_root: Path, target: Path, repo_id: str, revision: str | None,
+                   notify, progress) -> PullResult:
+    """The download itself, under the pull's lock: resume the partial, check, publish."""
+    commit, files = list_files(repo_id, revision)
+    partial = partial_root / target.name
+    _prepare_partial(partial, repo_id, commit, notify)
+    todo = [f for f in files if not (partial / f.name).is_file()]
+    _check_disk_space(partial, todo)
+    tracker = Tracker(sum(f.size or 0 for f in files), progress)
+    tracker.done = tracker.total - sum(f.size or 0 for f in todo) + sum(
+        _size_or_zero(part_path(partial, f)) for f in todo)
+    notify(f"Pulling {repo_id} @ {commit[:12]}: {len(files)} files, {human_bytes(tracker.total)}"
+           f" ({len(files) - len(todo)} already here)")
+    downloaded = _download_all(repo_id, commit, partial, todo, tracker)
+    loading.check_model_dir(partial)
+    # One copy on disk, in the Hugging Face cache where mlx-lm finds it by hub id too.
+    shared = hfcache.adopt(partial, repo_id, commit, revision, files)
+    _finish(partial, target, {
+        "repo_id": repo_id, "revision": revision or "main", "commit": commit,
+        "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hf_cache": str(hfcache.cache_dir()) if shared else None,
+    })
+    _state_path(partial).unlink(missing_ok=True)
     return PullResult(target, repo_id, commit, dir_size(target), downloaded_bytes=downloaded)
 
 

@@ -9,10 +9,10 @@ freed once used, so a 7B source never has to fit in memory whole.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable, Iterator
 
 EVAL_TEXT = "eval_text.txt"
 DEFAULT_CHUNK_TOKENS = 1024

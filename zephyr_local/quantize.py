@@ -13,21 +13,20 @@ import io
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
-from zephyr_local.atomic import check_writable, replace_dir, temp_dir, writing
+from zephyr_local.atomic import check_writable, dir_size, replace_dir, temp_dir, writing
 from zephyr_local.backend import COMPUTE_DTYPES, default_dtype, peak_rss_gb
 from zephyr_local.errors import ModelFormatError, ZephyrError
-from zephyr_local.quantize_files import copy_tokenizer_files, write_model_card
+from zephyr_local.quantize_files import copy_tokenizer_files, write_model_card, write_weights
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 8)
 ALLOWED_GROUP_SIZES = (32, 64, 128)
 SOURCE_DTYPES = ("F32", "F16", "BF16")
 HEAD_LAYERS = ("model.embed_tokens", "lm_head")
 REPORT_FILE = "quantization_report.json"
-SHARD_GB = 1  # small shards: one is held in memory while it is written
 DISK_MARGIN_BYTES = 64 << 20  # tokenizer files, config, report
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
@@ -37,21 +36,18 @@ Progress = Callable[[int, int, str], None]  # (done, total, what)
 class QuantizeOptions:
     """How to quantize; `validate()` checks every field before any work."""
 
-    bits: int = field(default=4, metadata={"help": "bits per quantized weight: 2, 3, 4, 5, 6, 8"})
-    group_size: int = field(default=64, metadata={"help": "weights sharing a scale: 32, 64, 128"})
-    dtype: str | None = field(default=None, metadata={
-        "help": "dtype of scales, biases and unquantized parameters (None: the backend's "
-                "fastest, backend.default_dtype())"})
-    head_bits: int | None = field(default=None, metadata={
-        "help": "bits for the embedding and output head (None: same as --bits)"})
-    force: bool = field(default=False, metadata={"help": "replace an existing output"})
-    evaluate: bool = field(default=True, metadata={"help": "measure perplexity and KL"})
+    bits: int = 4  # per quantized weight: one of ALLOWED_BITS
+    group_size: int = 64  # weights sharing a scale and bias: one of ALLOWED_GROUP_SIZES
+    dtype: str | None = None  # scales, biases, unquantized parameters (None: the backend's)
+    head_bits: int | None = None  # the embedding and output head (None: the same as bits)
+    force: bool = False  # replace an existing output
+    evaluate: bool = True  # measure perplexity and KL against the source
 
     def __post_init__(self) -> None:
         if self.dtype is None:
             self.dtype = default_dtype()
 
-    def validate(self) -> "QuantizeOptions":
+    def validate(self) -> QuantizeOptions:
         """Raise ZephyrError naming the bad value and the allowed ones."""
         _one_of("--bits", self.bits, ALLOWED_BITS)
         _one_of("--group-size", self.group_size, ALLOWED_GROUP_SIZES)
@@ -109,7 +105,9 @@ class QuantizeReport:
 
 
 @dataclass
-class _Plan:
+class QuantizePlan:
+    """What `plan` checked and `run` executes: the source, the output and the model."""
+
     source: Path
     out: Path
     config: dict
@@ -176,7 +174,7 @@ def _estimate_bytes(model, layers: dict, opts: QuantizeOptions) -> int:
     return total
 
 
-def plan(source: Path, out: Path, opts: QuantizeOptions) -> _Plan:
+def plan(source: Path, out: Path, opts: QuantizeOptions) -> QuantizePlan:
     """Every check that can fail, before any work: options, source, output, disk."""
     opts.validate()
     source, out = Path(source), Path(out)
@@ -202,7 +200,7 @@ def plan(source: Path, out: Path, opts: QuantizeOptions) -> _Plan:
         raise ZephyrError(
             f"not enough disk space for {out}: need about {need / 1e9:.2f} GB, "
             f"{free / 1e9:.2f} GB free on {parent}")
-    return _Plan(source, out, config, model, need)
+    return QuantizePlan(source, out, config, model, need)
 
 
 def cast_floating(model, dtype: str) -> None:
@@ -251,50 +249,6 @@ def _bpw(nbytes_params: tuple[int, int] | None) -> float | None:
     return round(8 * nbytes_params[0] / nbytes_params[1], 4) if nbytes_params else None
 
 
-def _write_weights(weights: dict, parameters: int, dst: Path, progress: Progress | None) -> int:
-    """Evaluate one module at a time and write it to 1 GB shards in mlx-lm's layout.
-
-    `weights` (name -> lazy array) is emptied as shards are written, so each
-    array is freed once on disk; the caller must hold no other reference.
-
-    Returns:
-        The bytes of weights written.
-    """
-    import mlx.core as mx
-    from mlx_lm.utils import make_shards
-
-    written = 0
-    shards = make_shards(weights, SHARD_GB)
-    total = len({k.rsplit(".", 1)[0] for k in weights})
-    fmt = "model-{:05d}-of-{:05d}.safetensors" if len(shards) > 1 else "model.safetensors"
-    index = {"metadata": {"total_size": sum(v.nbytes for v in weights.values()),
-                          "total_parameters": parameters}, "weight_map": {}}
-    done = 0
-    for i, shard in enumerate(shards):
-        by_module: dict[str, list] = {}
-        for k, v in shard.items():
-            by_module.setdefault(k.rsplit(".", 1)[0], []).append(v)
-        for module, arrays in by_module.items():
-            mx.eval(arrays)  # one layer's source read, quantized, and kept
-            done += 1
-            if progress:
-                progress(done, total, module)
-        by_module = arrays = None
-        name = fmt.format(i + 1, len(shards))
-        mx.save_safetensors(str(dst / name), shard, metadata={"format": "mlx"})
-        for k in shard:
-            index["weight_map"][k] = name
-            written += weights.pop(k).nbytes
-        shards[i] = shard = None
-    index["weight_map"] = dict(sorted(index["weight_map"].items()))
-    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=4))
-    return written
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def _versions() -> tuple[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -339,7 +293,7 @@ def quantize(
     return report
 
 
-def _build(p: _Plan, tmp: Path, opts: QuantizeOptions, start: float, eval_progress,
+def _build(p: QuantizePlan, tmp: Path, opts: QuantizeOptions, start: float, eval_progress,
            progress) -> QuantizeReport:
     """Quantize, write, evaluate and report into `tmp`, then move it to `p.out`."""
     import mlx.core as mx
@@ -350,7 +304,7 @@ def _build(p: _Plan, tmp: Path, opts: QuantizeOptions, start: float, eval_progre
     stats = _layer_stats(model)
     weights = dict(tree_flatten(model.parameters()))
     del model  # the flat dict alone holds the arrays: writing a shard frees it
-    stats["bytes"] = _write_weights(weights, stats["parameters"], tmp, progress)
+    stats["bytes"] = write_weights(weights, stats["parameters"], tmp, progress)
     stats["seconds"] = time.perf_counter() - start
     stats["rss"], stats["mlx"] = peak_rss_gb(), mx.get_peak_memory() / 1e9
     copy_tokenizer_files(p.source, tmp)
@@ -361,12 +315,12 @@ def _build(p: _Plan, tmp: Path, opts: QuantizeOptions, start: float, eval_progre
     report = _report(p, tmp, opts, stats, quality, time.perf_counter() - start)
     (tmp / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=2))
     write_model_card(tmp, report)
-    report.output_bytes = _dir_bytes(tmp)
+    report.output_bytes = dir_size(tmp)
     replace_dir(tmp, p.out)
     return report
 
 
-def _report(p: _Plan, tmp: Path, opts: QuantizeOptions, stats: dict, quality,
+def _report(p: QuantizePlan, tmp: Path, opts: QuantizeOptions, stats: dict, quality,
             seconds: float) -> QuantizeReport:
     import mlx.core as mx
 
@@ -377,7 +331,7 @@ def _report(p: _Plan, tmp: Path, opts: QuantizeOptions, stats: dict, quality,
     return QuantizeReport(
         source=str(p.source), output=str(p.out), bits=opts.bits, group_size=opts.group_size,
         dtype=opts.dtype, head_bits=opts.head_bits,
-        source_bytes=_dir_bytes(p.source), output_bytes=_dir_bytes(tmp),
+        source_bytes=dir_size(p.source), output_bytes=dir_size(tmp),
         bits_per_weight=_bpw(stats["by_bits"].get(opts.bits)), head_bits_per_weight=head_bpw,
         overall_bits_per_weight=round(8 * stats["bytes"] / stats["parameters"], 4),
         parameters=stats["parameters"],

@@ -1,9 +1,12 @@
-"""The files around a quantized model's weights: tokenizer, model card, the final rename."""
+"""The files of a quantized model: weight shards, tokenizer, model card."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+
+SHARD_GB = 1  # small shards: one is held in memory while it is written
 
 # Copied byte for byte: re-saving through transformers could rewrite the
 # tokenizer config or the chat template.
@@ -38,8 +41,8 @@ def write_model_card(dst: Path, report) -> None:
         yaml_header(hub_id(Path(report.source)), tags),
         f"# {Path(report.output).name}",
         "",
-        f"MLX {report.bits}-bit quantization of `{report.source}`, "
-        f"made by zephyr-local {report.tool_version} (mlx-lm {report.mlx_lm_version}).",
+        (f"MLX {report.bits}-bit quantization of `{report.source}`, "
+         f"made by zephyr-local {report.tool_version} (mlx-lm {report.mlx_lm_version})."),
         "",
         "| setting | value |",
         "|---|---|",
@@ -58,8 +61,8 @@ def write_model_card(dst: Path, report) -> None:
     q = report.quality
     if q:
         lines += [
-            f"| perplexity, source -> quantized | {q['source_perplexity']:.3f} -> "
-            f"{q['quantized_perplexity']:.3f} ({q['tokens']} tokens of the built-in text) |",
+            (f"| perplexity, source -> quantized | {q['source_perplexity']:.3f} -> "
+             f"{q['quantized_perplexity']:.3f} ({q['tokens']} tokens of the built-in text) |"),
             f"| mean KL(source \\|\\| quantized) | {q['mean_kl']:.5f} nats |",
         ]
     lines += [
@@ -69,3 +72,45 @@ def write_model_card(dst: Path, report) -> None:
         "",
     ]
     (dst / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def write_weights(weights: dict, parameters: int, dst: Path, progress=None) -> int:
+    """Evaluate one module at a time and write it to 1 GB shards in mlx-lm's layout.
+
+    `weights` (name -> lazy array) is emptied as shards are written, so each
+    array is freed once on disk; the caller must hold no other reference.
+
+    `progress(done, total, module)` is called as each module is evaluated.
+
+    Returns:
+        The bytes of weights written.
+    """
+    import mlx.core as mx
+    from mlx_lm.utils import make_shards
+
+    written = 0
+    shards = make_shards(weights, SHARD_GB)
+    total = len({k.rsplit(".", 1)[0] for k in weights})
+    fmt = "model-{:05d}-of-{:05d}.safetensors" if len(shards) > 1 else "model.safetensors"
+    index = {"metadata": {"total_size": sum(v.nbytes for v in weights.values()),
+                          "total_parameters": parameters}, "weight_map": {}}
+    done = 0
+    for i, shard in enumerate(shards):
+        by_module: dict[str, list] = {}
+        for k, v in shard.items():
+            by_module.setdefault(k.rsplit(".", 1)[0], []).append(v)
+        for module, arrays in by_module.items():
+            mx.eval(arrays)  # one layer's source read, quantized, and kept
+            done += 1
+            if progress:
+                progress(done, total, module)
+        by_module = arrays = None
+        name = fmt.format(i + 1, len(shards))
+        mx.save_safetensors(str(dst / name), shard, metadata={"format": "mlx"})
+        for k in shard:
+            index["weight_map"][k] = name
+            written += weights.pop(k).nbytes
+        shards[i] = shard = None
+    index["weight_map"] = dict(sorted(index["weight_map"].items()))
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=4))
+    return written

@@ -21,7 +21,7 @@ class SamplingOptions:
     seed: int | None = field(default=None, metadata={"help": "seed for reproducible sampling"})
     max_tokens: int = field(default=256, metadata={"help": "reply length limit"})
 
-    def validate(self) -> "SamplingOptions":
+    def validate(self) -> SamplingOptions:
         """Raise ZephyrError naming the first bad field."""
         floats = ("temperature", "top_p", "min_p", "repetition_penalty")
         checks = [(name, math.isfinite(getattr(self, name)), "must be a finite number")

@@ -29,7 +29,7 @@ ZEPHYR_CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 
-# zephyr-7b-beta's config.json (REFERENCE.md section 1).
+# zephyr-7b-beta's config.json, as published on the Hub (HuggingFaceH4/zephyr-7b-beta).
 ZEPHYR_CONFIG = {
     "architectures": ["MistralForCausalLM"],
     "model_type": "mistral",
@@ -95,7 +95,8 @@ def zephyr_tokenizer_model() -> Path:
     try:
         import mistral_common
     except ImportError:
-        raise ZephyrError("the package mistral-common is needed: pip install mistral-common") from None
+        raise ZephyrError(
+            "the package mistral-common is needed: pip install mistral-common") from None
     path = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
     if not path.exists():
         raise ZephyrError(f"{path}: missing from the installed mistral-common")

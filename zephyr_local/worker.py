@@ -12,11 +12,12 @@ import queue
 import sys
 import threading
 import weakref
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Any, Callable, Iterator
+from typing import Any
 
 _DONE = object()
-_LIVE: "weakref.WeakSet[MLXThread]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[MLXThread] = weakref.WeakSet()
 
 
 class _Raised:
@@ -71,7 +72,8 @@ class MLXThread:
         """Run `fn` on the MLX thread and return its result (or raise its error)."""
         return self.submit(fn, *args, **kwargs).result()
 
-    def stream(self, gen_fn: Callable[..., Iterator], *args, cancel: threading.Event | None = None) -> Iterator:
+    def stream(self, gen_fn: Callable[..., Iterator], *args,
+               cancel: threading.Event | None = None) -> Iterator:
         """Run generator `gen_fn(*args)` on the MLX thread; iterate its items here.
 
         Items are handed over through a queue, so the MLX thread never waits for

@@ -10,7 +10,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult, median, ratio
 
 PROBE = """
@@ -19,13 +21,13 @@ import zephyr_local
 from zephyr_local import backend
 from zephyr_local.engine import Engine
 from zephyr_local.bench.common import filler_ids
-from zephyr_local.bench.generation import _ours
+from zephyr_local.bench.generation import reply_stats
 engine = Engine.load(sys.argv[1])
 ids = filler_ids(engine.tokenizer, int(sys.argv[2]))
-_ours(engine, ids, 4)
-out = _ours(engine, ids, int(sys.argv[3]))
+reply_stats(engine, ids, 4)
+out = reply_stats(engine, ids, int(sys.argv[3]))
 engine.close()
-from zephyr_local.train.bench import dpo_step_benchmark
+from zephyr_local.bench.dpo import dpo_step_benchmark
 dpo = dpo_step_benchmark(sys.argv[1], batch_size=1, max_length=128, steps=2)["ours"]
 out["dpo_step_s"] = dpo["best_step_s"]
 out["blas"] = backend.blas()[0]
@@ -36,7 +38,7 @@ print(json.dumps(out))
 def _probe(model: str, n: int, max_tokens: int, blas: str) -> dict:
     env = {**os.environ, "ZEPHYR_LOCAL_BLAS": blas}
     out = subprocess.run([sys.executable, "-c", PROBE, model, str(n), str(max_tokens)],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         capture_output=True, text=True, env=env, timeout=600, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"BLAS probe failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -66,7 +68,12 @@ def blas_case(model: str, *, prompt_length: int, max_tokens: int, repeats: int) 
             med["openblas"][metric], med["reference"][metric], "bundled reference BLAS",
             higher_is_better=True, goal=None, unit="tok/s"))
     result.ratios.append(ratio(
-        "linux-cpu-blas", "DPO step (1 pair x 128 tokens), test model", med["openblas"]["dpo_step_s"],
-        med["reference"]["dpo_step_s"], "bundled reference BLAS", higher_is_better=False,
-        goal=None, unit="s"))
+        "linux-cpu-blas", f"DPO step (1 pair x 128 tokens), {Path(model).name}",
+        med["openblas"]["dpo_step_s"], med["reference"]["dpo_step_s"], "bundled reference BLAS",
+        higher_is_better=False, goal=None, unit="s"))
     return result
+
+
+def run_blas(ctx: Context) -> CaseResult:
+    return blas_case(ctx.model, prompt_length=512, max_tokens=ctx.settings["max_tokens"],
+                     repeats=ctx.settings["blas_repeats"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -60,3 +62,13 @@ def filler_ids(tokenizer, n: int) -> list[int]:
     tail = [2] + tokenizer.encode("\n<|assistant|>\n", add_special_tokens=False)
     body = tokenizer.encode(words * (n // 8 + 8), add_special_tokens=False)
     return head + body[: max(0, n - len(head) - len(tail))] + tail
+
+
+def random_model(path: Path, dims: dict) -> tuple[Path, str]:
+    """A random Zephyr-architecture model of `dims` (testmodel.create_test_model) at
+    `path`, and the label that names it in a case's metrics."""
+    from zephyr_local.testmodel import create_test_model
+
+    path = create_test_model(path, **dims)
+    config = json.loads((path / "config.json").read_text())
+    return path, f"random {config['num_hidden_layers']}-layer {config['hidden_size']}-wide model"

@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult, median, ratio
 from zephyr_local.train.config import DEFAULT_TARGETS
 
@@ -182,3 +183,7 @@ def distributed_case(model_dims: dict, *, steps: int, batch: int, max_length: in
 
 if __name__ == "__main__":
     _probe_main(json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+
+
+def run_distributed(ctx: Context) -> CaseResult:
+    return distributed_case(ctx.settings["dpo_dims"], **ctx.settings["distributed"])

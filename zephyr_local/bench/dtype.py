@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult, median, ratio
 
 BITS = (4, 8)
@@ -232,3 +233,10 @@ def markdown_table(details: dict) -> str:
                            f"({rows[(bits, d)]['vs_float32']:.3f})" for d in COMPUTE_DTYPES)
         lines.append(f"| {bits} | {cells} |")
     return "\n".join(lines)
+
+
+def run_dtype(ctx: Context) -> CaseResult:
+    s = ctx.settings
+    return dtype_case(ctx.model, ctx.cache_dir(), max_tokens=s["dtype_tokens"],
+                      budget_s=s["dtype_budget_s"], repeats=s["repeats"],
+                      probe_s=s["dtype_probe_s"])

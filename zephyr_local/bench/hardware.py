@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult
 
 
@@ -63,7 +64,7 @@ def decode_7b(path, max_tokens: int = 32) -> dict:
     """Decode tok/s of the 7B-shaped 4-bit model (made by the quantize case) vs its ceiling."""
     from zephyr_local.backend import backend_name
     from zephyr_local.bench.common import filler_ids
-    from zephyr_local.bench.generation import _ours
+    from zephyr_local.bench.generation import reply_stats
     from zephyr_local.engine import Engine
 
     if backend_name() == "cpu":
@@ -73,7 +74,7 @@ def decode_7b(path, max_tokens: int = 32) -> dict:
         return {"skipped": "no 7B 4-bit model: run the quantize case first (full mode)"}
     engine = Engine.load(str(path))
     try:
-        tps = _ours(engine, filler_ids(engine.tokenizer, 32), max_tokens)["generation_tps"]
+        tps = reply_stats(engine, filler_ids(engine.tokenizer, 32), max_tokens)["generation_tps"]
         per_token = weight_bytes_per_token(engine.loaded.model)
         bw = engine.worker.call(read_bandwidth_gbs, 1024)
     finally:
@@ -96,4 +97,20 @@ def hardware_case(engine, decode_tps: float, *, megabytes: int) -> CaseResult:
     result.details = {"read_bandwidth_gb_s": bw, "weight_bytes_per_token": per_token,
                       "ceiling_tok_s": ceiling, "decode_tok_s": decode_tps,
                       "fraction_of_ceiling": decode_tps / ceiling if ceiling else 0.0}
+    return result
+
+
+def run_hardware(ctx: Context) -> CaseResult:
+    """With the generation case's decode reading; alone (`--case hardware`) it measures
+    decode itself rather than report 0 tok/s."""
+    from zephyr_local.bench.generation import decode_tps
+
+    s = ctx.settings
+    tps = ctx.decode_tok_s or decode_tps(ctx.engine, max_tokens=s["max_tokens"],
+                                         repeats=s["repeats"])
+    result = hardware_case(ctx.engine, tps, megabytes=s["bandwidth_mb"])
+    if s["quantize_7b"]:
+        from zephyr_local.bench.quantize7b import quantized_path
+
+        result.details["zephyr_7b_4bit"] = decode_7b(quantized_path(ctx.cache_dir()))
     return result

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult, median, ratio
 from zephyr_local.engine import Engine
 from zephyr_local.sampling import SamplingOptions
@@ -156,7 +157,8 @@ def lookup_case(engine: Engine, *, max_tokens: int, repeats: int) -> CaseResult:
         drafted, accepted = first["draft_tokens"], first["accepted_tokens"]
         result.details[name] = {
             "kind": kind, "prompt_tokens": len(ids), "identical_greedy_tokens": identical,
-            "ours_tps": median(r["tps"] for r in ours), "mlx_lm_tps": median(r["tps"] for r in base),
+            "ours_tps": median(r["tps"] for r in ours),
+            "mlx_lm_tps": median(r["tps"] for r in base),
             "generation_tokens": first["generation_tokens"], "draft_tokens": drafted,
             "accepted_tokens": accepted,
             "acceptance": round(accepted / drafted, 4) if drafted else None,
@@ -173,4 +175,14 @@ def lookup_case(engine: Engine, *, max_tokens: int, repeats: int) -> CaseResult:
             "prompt lookup", f"decode tok/s, {label}: {name} (identical: {identical})",
             result.details[name]["ours_tps"], result.details[name]["mlx_lm_tps"],
             "mlx-lm stream_generate", higher_is_better=True, goal=GOALS[kind], unit="tok/s"))
+    return result
+
+
+def run_lookup(ctx: Context) -> CaseResult:
+    """On the CPU quantized matmuls of several rows are a slow path, so a verify pass
+    would cost many tokens: this case runs a float32 copy of a quantized model."""
+    with float32_engine(ctx.engine) as engine:
+        result = lookup_case(engine, max_tokens=ctx.settings["lookup_tokens"],
+                             repeats=ctx.settings["repeats"])
+    result.details["dtype"] = "float32"
     return result

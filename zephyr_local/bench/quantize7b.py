@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult, ratio
 
 
@@ -36,7 +37,7 @@ def quantize_case(cache_dir: Path, progress=lambda msg: None) -> CaseResult:
     # Kept for the hardware case (decode of a 7B 4-bit model); replaced every run.
     cmd = [sys.executable, "-m", "zephyr_local.cli", "quantize", str(source), "--bits", "4",
            "--no-eval", "--json", "--force", "--out", str(quantized_path(cache_dir))]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
     if out.returncode != 0:
         result.skipped = f"quantize failed: {out.stderr.strip().splitlines()[-1:]}"
         return result
@@ -62,3 +63,7 @@ def quantize_case(cache_dir: Path, progress=lambda msg: None) -> CaseResult:
               unit="GB"),
     ]
     return result
+
+
+def run_quantize(ctx: Context) -> CaseResult:
+    return quantize_case(ctx.cache_dir())

@@ -43,7 +43,8 @@ def markdown(record: dict) -> str:
             d = case["details"]
             lines += ["", f"Hardware limit: read bandwidth {d['read_bandwidth_gb_s']:.1f} GB/s, "
                       f"{d['weight_bytes_per_token'] / 1e6:.1f} MB of weights per token, ceiling "
-                      f"{d['ceiling_tok_s']:.0f} tok/s; decode reached {d['decode_tok_s']:.0f} tok/s "
+                      f"{d['ceiling_tok_s']:.0f} tok/s; decode reached "
+                      f"{d['decode_tok_s']:.0f} tok/s "
                       f"= {100 * d['fraction_of_ceiling']:.1f}% of the ceiling."]
             z = d.get("zephyr_7b_4bit")
             if z:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from zephyr_local import doc_prompt, retrieval
+from zephyr_local.bench.cases import Context
 from zephyr_local.bench.common import CaseResult, median, ratio
 
 VOCABULARY = ["cache", "kernel", "tensor", "memory", "bandwidth", "latency", "quantize",
@@ -95,3 +96,8 @@ def retrieval_case(engine, repeats: int = 3, budget: int = 4096, max_tokens: int
                     median(ranks) * 1e3,
                     median(like) * 1e3, "LIKE scan", higher_is_better=False, goal=1.0, unit="ms")]
     return CaseResult("retrieval", ratios, details)
+
+
+def run_retrieval(ctx: Context) -> CaseResult:
+    return retrieval_case(ctx.engine, repeats=ctx.settings["repeats"],
+                          total_bytes=ctx.settings["docs_bytes"])

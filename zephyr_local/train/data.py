@@ -1,8 +1,8 @@
 """Training data as token ids: the Zephyr template, completion spans, truncation, batches.
 
 A row becomes a `Sequence`: token ids (BOS first when the tokenizer adds one, every
-turn ending with the tokenizer's EOS) and the spans of completion tokens the loss scores. Completion spans end with the
-turn's EOS; the template's "\\n" after it is not scored.
+turn ending with the tokenizer's EOS) and the spans of completion tokens the loss scores.
+Completion spans end with the turn's EOS; the template's "\\n" after it is not scored.
 """
 
 from __future__ import annotations

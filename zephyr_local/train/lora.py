@@ -85,38 +85,15 @@ def read_adapter_config(path: Path) -> dict:
 
 
 def load_adapter_into(model, path: Path) -> LoRAConfig:
-    """Wrap the model as the adapter says and load its weights (eval mode), checking shapes.
-
-    The project's one adapter loader: mlx-lm's `load_adapters` does the wrapping
-    and loading, so LoRA and DoRA adapters (`fine_tune_type: dora`) made by
-    mlx-lm load exactly as mlx-lm loads them. The model is frozen first, so the
-    adapter's matrices are its only trainable parameters.
+    """loading.attach_adapter (the one adapter loader), and the LoRAConfig it describes.
 
     Raises:
         ModelFormatError: a full fine-tune, or an adapter for another model.
     """
-    from mlx_lm.utils import load_adapters
+    from zephyr_local.loading import attach_adapter
 
-    from zephyr_local.loading import _first_line
-
-    path = Path(path)
-    config = read_adapter_config(path)
-    kind = config.get("fine_tune_type", "lora")
-    if kind not in ("lora", "dora"):
-        raise ModelFormatError(f"{path}: fine_tune_type {kind!r} is not an adapter "
-                               "(only lora and dora adapters load here)")
-    cfg = lora_config_from(config)
-    n_blocks = len(model.layers)
-    if cfg.layers > n_blocks:
-        raise ModelFormatError(f"{path}: the adapter adapts {cfg.layers} layers but the base "
-                               f"model has {n_blocks}: it was trained for another model")
-    model.freeze()
-    try:
-        load_adapters(model, str(path))
-    except ValueError as exc:
-        raise ModelFormatError(f"{path}: the adapter was trained for another model "
-                               f"({_first_line(exc)})") from None
-    model.eval()  # ready for inference; the trainer switches dropout back on
+    cfg = lora_config_from(read_adapter_config(path))  # a bad field fails before any work
+    attach_adapter(model, Path(path))
     return cfg
 
 

@@ -1,4 +1,5 @@
-"""DPO losses (REFERENCE.md section 4): one small pure function per variant, chosen by name.
+"""DPO losses (as TRL's DPOTrainer defines them): one small pure function per variant,
+chosen by name.
 
 Every loss takes per-pair log-ratios `lr_w = logp_policy(y_w|x) - logp_ref(y_w|x)`
 and `lr_l` (summed over completion tokens), the completion token counts, beta and

@@ -19,14 +19,27 @@ from zephyr_local.train.losses import dpo_loss, pair_metrics
 
 
 def dpo_forward(model, tokens, mask, ref_w, ref_l, weight, loss_name, beta, eps, rpo_alpha=0.0):
-    """One forward pass over chosen+rejected rows [2B, L]; returns (weighted loss, parts)."""
+    """One forward pass over chosen+rejected rows [2B, L].
+
+    Returns (weighted loss, outputs): `nn.value_and_grad` differentiates the first element
+    and passes the dict of per-pair arrays through (`logps_chosen`, `logps_rejected`,
+    `losses`, `rewards_chosen`, `rewards_rejected`, [B] each; `logit_sums`, `counts`, [2B]:
+    chosen rows, then rejected).
+    """
     logps, counts, logit_sums = sequence_logps(model, tokens, mask, with_logits=True)
     b = ref_w.shape[0]
     pw, pl = logps[:b], logps[b:]
     loss, parts = dpo_loss(loss_name, pw, pl, ref_w, ref_l, counts[:b], counts[b:], beta, eps,
                            rpo_alpha)
-    return (loss * weight, pw, pl, parts["losses"], parts["rewards_chosen"],
-            parts["rewards_rejected"], logit_sums, counts)
+    return loss * weight, {"logps_chosen": pw, "logps_rejected": pl, "losses": parts["losses"],
+                           "rewards_chosen": parts["rewards_chosen"],
+                           "rewards_rejected": parts["rewards_rejected"],
+                           "logit_sums": logit_sums, "counts": counts}
+
+
+# The per-pair outputs of dpo_forward, in the column order of DPOObjective.rows.
+_PAIR_COLUMNS = ("logps_chosen", "logps_rejected", "losses", "rewards_chosen",
+                 "rewards_rejected")
 
 
 def sft_forward(model, tokens, mask, weight):
@@ -67,9 +80,10 @@ class DPOObjective:
         summed logits and token counts of chosen, then rejected."""
         if not outputs:
             return np.zeros((0, 9), np.float32)
-        cols = [np.concatenate([np.array(o[i]) for o in outputs]) for i in range(1, 6)]
-        for i in (6, 7):  # [2b] rows per micro-batch: chosen, then rejected
-            halves = [np.array(o[i]) for o in outputs]
+        parts = [o[1] for o in outputs]
+        cols = [np.concatenate([np.array(p[k]) for p in parts]) for k in _PAIR_COLUMNS]
+        for k in ("logit_sums", "counts"):  # [2b] rows per micro-batch: chosen, then rejected
+            halves = [np.array(p[k]) for p in parts]
             cols += [np.concatenate([h[: len(h) // 2] for h in halves]),
                      np.concatenate([h[len(h) // 2:] for h in halves])]
         return np.stack([c.astype(np.float32) for c in cols], axis=1)

@@ -1,6 +1,6 @@
 """Read training rows from JSONL and validate them, naming the file and line of each bad one.
 
-Row formats (REFERENCE.md section 3):
+Row formats (those of the Zephyr recipe's data sets on the Hub):
 - SFT: {"messages": [...]} (ultrachat_200k) or {"prompt", "completion"} (+ optional "system").
 - DPO: {"chosen": [...], "rejected": [...]} conversations ending with the assistant reply
   (ultrafeedback_binarized; a "prompt" string column is then ignored), or
@@ -70,7 +70,8 @@ class DataSummary:
         for reason, n in sorted(self.skipped.items()):
             parts.append(f"{n} skipped ({reason})")
         if self.dropped_long_prompt:
-            parts.append(f"{self.dropped_long_prompt} dropped (prompt longer than max-prompt-length)")
+            parts.append(f"{self.dropped_long_prompt} dropped "
+                         "(prompt longer than max-prompt-length)")
         if self.truncated:
             parts.append(f"{self.truncated} truncated to max-length")
         if self.boundary_merges:

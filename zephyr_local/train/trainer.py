@@ -130,7 +130,8 @@ def train_step(model, objective, optimizer, plan: Plan, step: int, cfg: TrainCon
         _, norm = optim.clip_grad_norm(grads, float("inf"))
     loss, grad_norm = metrics["loss"], float(norm.item())
     if not _finite(loss, grad_norm):
-        raise TrainingError(f"the loss became {loss} (gradient norm {grad_norm}) at step {step + 1}")
+        raise TrainingError(
+            f"the loss became {loss} (gradient norm {grad_norm}) at step {step + 1}")
     optimizer.update(model, grads)
     mx.eval(model.trainable_parameters(), optimizer.state)
     dt = time.perf_counter() - t0

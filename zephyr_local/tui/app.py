@@ -2,65 +2,52 @@
 
 The model loads on a worker thread while the app is already usable; each reply is
 consumed on one thread worker that hands the UI batched text (generation.py).
-Conversation bookkeeping (history, export) lives in the HistoryMixin, attached
-documents in the DocumentsMixin, versions of messages in the BranchesMixin.
+The conversation as the history database keeps it (writes, versions, export) is
+the ChatHistory the app owns (chat_history.py); the screen's messages are a ChatView
+(widgets/chat_view.py), which also switches versions; attached documents are the
+ChatDocuments it owns (chat_documents.py).
+
+Per-conversation state outside the database (such as a saved KV cache) hooks in
+at two points: `conversation_opened` (after a stored conversation is shown, or a
+new chat started) and `_reply_done` (after a reply is committed).
 """
 
 from __future__ import annotations
 
 import inspect
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Markdown, Static
 
 from zephyr_local.errors import ZephyrError
 from zephyr_local.history import StoredMessage
-from zephyr_local.lookup import LookupOptions
 from zephyr_local.sampling import SamplingOptions
-from zephyr_local.tui.branches_mixin import BranchesMixin
+from zephyr_local.tui.attach_screen import AttachScreen
+from zephyr_local.tui.chat_documents import ChatDocuments
+from zephyr_local.tui.chat_history import ChatHistory
 from zephyr_local.tui.commands import COMMANDS, parse_slash
-from zephyr_local.tui.documents_mixin import DocumentsMixin
-from zephyr_local.tui.generation import DisplayFilter, UIPacer, stream_batched
+from zephyr_local.tui.config import DISCLAIMER, ChatConfig
+from zephyr_local.tui.confirm_screen import ConfirmScreen
+from zephyr_local.tui.generation import stream_to_screen
 from zephyr_local.tui.help_screen import HelpScreen
-from zephyr_local.tui.history_mixin import HistoryMixin
 from zephyr_local.tui.missing_screen import ModelMissingScreen
 from zephyr_local.tui.sampling_screen import SamplingScreen
 from zephyr_local.tui.text_screen import TextEditScreen
+from zephyr_local.tui.widgets.chat_view import ChatView
 from zephyr_local.tui.widgets.chips import DocumentChips
 from zephyr_local.tui.widgets.message import MessageView
 from zephyr_local.tui.widgets.prompt import PromptInput
 from zephyr_local.tui.widgets.sidebar import HistorySidebar
-from zephyr_local.tui.widgets.status import StatusBar, describe_quantization
+from zephyr_local.tui.widgets.status import StatusBar, describe_model
 
 
-@dataclass
-class ChatConfig:
-    """What `zephyr-local chat` was asked for."""
-
-    model: str | None = field(default=None, metadata={"help": "model path, store name or hub id"})
-    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter directory"})
-    models_dir: str | None = field(default=None, metadata={"help": "model store override"})
-    system_prompt: str | None = field(default=None, metadata={"help": "for new conversations"})
-    options: SamplingOptions = field(default_factory=SamplingOptions,
-                                     metadata={"help": "sampling for new conversations"})
-    context_budget: int | None = field(default=None, metadata={"help": "tokens; None = window"})
-    history_path: str | Path | None = field(default=None,
-                                            metadata={"help": "None = <home>/history.sqlite"})
-    lookup: LookupOptions = field(default_factory=LookupOptions,
-                                  metadata={"help": "prompt-lookup decoding"})
-
-
-DISCLAIMER = "Replies may be inaccurate. The model runs offline, on this machine."
-
-
-class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
+class ChatApp(App):
     """Chat with Zephyr. Pass `engine` to reuse a loaded Engine (tests, benchmarks)."""
 
     CSS_PATH = "chat.tcss"
@@ -84,8 +71,13 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         self.load_error: ZephyrError | None = None
         self.generating = False
         self.last_final = None  # the final Response record of the last reply
-        self._init_history()
-        self._init_documents()
+        cfg = self.config
+        self.chat_history = ChatHistory(cfg.history_path, cfg.system_prompt, cfg.options,
+                                        self._model_name,
+                                        lambda message, **kw: self.notify(message, **kw),
+                                        self._history_saved)
+        self.documents = ChatDocuments(self.chat_history,
+                                       lambda message, **kw: self.notify(message, **kw))
 
     def notify(self, message: str, *, markup: bool = False, **kwargs) -> None:
         """Notices carry user and model text (`/[/]`, a path with `[`): plain by default,
@@ -94,10 +86,9 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
-            yield HistorySidebar(id="sidebar", classes="hidden")
+            yield HistorySidebar(self.chat_history, id="sidebar", classes="hidden")
             with Vertical(id="conversation"):
-                with VerticalScroll(id="chat"):
-                    yield Static("", id="system-note", classes="hidden")
+                yield ChatView(self.chat_history, lambda: self.generating, id="chat")
                 yield DocumentChips(id="chips", classes="hidden")
                 yield PromptInput(id="prompt")
                 yield Static(DISCLAIMER, id="disclaimer")
@@ -106,10 +97,10 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
 
     async def on_mount(self) -> None:
         self._ui_thread_id = threading.get_ident()  # whose CPU time the reply pacer watches
-        self.query_one("#chat").anchor()
+        self.chat_view.anchor()
         self.query_one(PromptInput).focus()
-        self._open_history()
-        self._reset_conversation_state()
+        self.chat_history.open()
+        self.chat_view.show_system_prompt(self.chat_history.system_prompt)
         if self.engine is not None:
             self._model_ready(self.engine)
         else:
@@ -120,7 +111,7 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             self.session.cancel()
         if self._owns_engine and self.engine is not None:
             self.engine.close()
-        self._close_history()
+        self.chat_history.close()
 
     # -- the model -------------------------------------------------------------
 
@@ -145,29 +136,25 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         from zephyr_local.backend import backend_name
         from zephyr_local.template import uses_own_template
 
-        self.engine = engine
+        self.engine, self.documents.tokenizer = engine, engine.tokenizer
         self.session = engine.session(self.config.context_budget, self.config.lookup)
-        loaded = engine.loaded
-        name = f"{loaded.path.name} · {describe_quantization(loaded.quantization)}"
-        if loaded.adapter_path:
-            name += f" + {Path(loaded.adapter_path).name}"
-        self.query_one(StatusBar).set_model(name, backend_name())
+        self.query_one(StatusBar).set_model(describe_model(engine.loaded), backend_name())
         self._show_context_estimate()
         notice = uses_own_template(engine.tokenizer)
         if notice:
             self.notify(escape(notice.capitalize() + "."), timeout=8)
 
+    def _history_saved(self) -> None:
+        self.call_later(self.query_one(HistorySidebar).refresh_list)
+
+    def _model_name(self) -> str | None:
+        return self.engine.loaded.path.name if self.engine else self.config.model
+
     def _model_failed(self, exc: ZephyrError) -> None:
-        from zephyr_local.errors import ModelNotFoundError
-
         self.load_error = exc
-        title = "Model not found" if isinstance(exc, ModelNotFoundError) else "Model cannot load"
-        self.query_one(StatusBar).set_model(f"no model ({title.lower()})", "")
-        from zephyr_local.store import DEFAULT_MODEL
-
-        default = self.config.model in (None, DEFAULT_MODEL) and not self.config.adapter
-        offer = isinstance(exc, ModelNotFoundError) and default
-        self.push_screen(ModelMissingScreen(title, str(exc), offer_pull=offer))
+        screen = ModelMissingScreen.for_error(exc, self.config.model, self.config.adapter)
+        self.query_one(StatusBar).set_model(f"no model ({screen.title_text.lower()})", "")
+        self.push_screen(screen)
 
     def _show_context_estimate(self) -> None:
         """Context used by the conversation as it stands (before the next reply)."""
@@ -177,19 +164,23 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
 
         messages = self.chat_messages()
         used = len(encode(self.engine.tokenizer, messages)) if len(messages) > 0 else 0
-        used += self.documents_tokens()
+        used += self.documents.tokens(self.session, messages, self.chat_history.options)
         self.query_one(StatusBar).set_context(used, self.session.context_budget)
 
     # -- sending and streaming -------------------------------------------------
 
+    @property
+    def chat_view(self) -> ChatView:
+        return self.query_one(ChatView)
+
     def views(self) -> list[MessageView]:
-        return list(self.query_one("#chat").query(MessageView))
+        return self.chat_view.views()
 
     def chat_messages(self) -> list[dict]:
         """The conversation as the engine takes it: system prompt, then the messages."""
         chat = [{"role": v.role, "content": v.content} for v in self.views()]
-        if self.system_prompt:
-            chat.insert(0, {"role": "system", "content": self.system_prompt})
+        if self.chat_history.system_prompt:
+            chat.insert(0, {"role": "system", "content": self.chat_history.system_prompt})
         return chat
 
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
@@ -222,9 +213,9 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             return False
         if not self._can_generate():
             return False
-        self.save_message(StoredMessage("user", text))
-        await self.query_one("#chat").mount(MessageView("user", text))
-        self.sync_versions()
+        self.chat_history.save(StoredMessage("user", text))
+        await self.chat_view.mount(MessageView("user", text))
+        self.chat_view.sync(self.chat_history.messages())
         await self._start_reply()
         return True
 
@@ -240,29 +231,24 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
 
     async def _start_reply(self) -> None:
         messages = self.chat_messages()  # before the reply's own view joins the chat
-        chat = self.query_one("#chat", VerticalScroll)
+        chat = self.chat_view
         view = MessageView("assistant")
         view.add_class("streaming")
         await chat.mount(view)
         chat.anchor()
         self.generating = True
         stream = Markdown.get_stream(view.markdown)
-        self.refresh_documents()
-        self._generate(messages, self.options, view, stream)
+        self.documents.refresh()
+        self._generate(messages, self.chat_history.options, view, stream)
 
     @work(thread=True, group="reply", exit_on_error=False)
     def _generate(self, messages: list[dict], options: SamplingOptions, view, stream) -> None:
         """Consume the reply on this worker thread; the UI gets batched text."""
 
-        screen_text, pacer = DisplayFilter(), UIPacer(self._ui_thread_id)
-
-        def show(chunk: str) -> None:
-            self.call_from_thread(stream.write, screen_text.feed(chunk))
-            pacer.update()
-
         try:
-            text, final = stream_batched(self.reply_records(messages, options), show, pacer)
-            self.call_from_thread(stream.write, screen_text.flush())
+            records = self.documents.reply_records(self.session, messages, options)
+            text, final = stream_to_screen(records, partial(self.call_from_thread, stream.write),
+                                           self._ui_thread_id)
         except Exception as exc:  # shown as a notice; the conversation stays as it was
             self.call_from_thread(self._reply_failed, view, stream, exc)
             return
@@ -274,30 +260,36 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         view.remove_class("streaming")
         view.finish(text, reason)
         stats = final.stats if final else None
-        sources = [asdict(u) for u in self.last_plan.used] if self.last_plan else []
+        plan = self.documents.last_plan
+        sources = [asdict(u) for u in plan.used] if plan else []
         view.set_sources(sources)
-        self.save_message(StoredMessage("assistant", text, reason,
-                                        asdict(stats) if stats else None, sources or None))
-        self.sync_versions()
+        self.chat_history.save(StoredMessage("assistant", text, reason,
+                                             asdict(stats) if stats else None, sources or None))
+        self.chat_view.sync(self.chat_history.messages())
         self.generating, self.last_final = False, final
-        if self.attached and self.last_plan:
-            await self.show_documents(self.last_plan.mode)
+        if self.documents.attached and plan:
+            await self.show_documents(plan.mode)
         if stats is not None:
             status = self.query_one(StatusBar)
             status.set_stats(stats)
             used = stats.prompt_tokens + stats.generation_tokens
             status.set_context(used, self.session.context_budget)
-            self._mark_dropped(stats.dropped_turns)
+            self.chat_view.mark_dropped(stats.dropped_messages)
+            if stats.dropped_turns:
+                self.notify(f"{stats.dropped_turns} oldest turn(s) no longer fit the context "
+                            "budget and were left out of the prompt.", severity="warning")
 
     async def _reply_failed(self, view: MessageView, stream, exc: Exception) -> None:
         await stream.stop()
         await view.remove()
         views = self.views()
-        if await self.restore_after_failure():  # a failed regenerate: the earlier reply is back
-            pass
+        replaced = self.chat_history.restore_replaced()
+        if replaced is not None:  # a failed regenerate: the reply it replaced is back
+            await self.chat_view.show_branch(replaced)
+            self._show_context_estimate()
         elif views and views[-1].role == "user":  # give the message back to edit and resend
             last = views[-1]
-            self.truncate_messages(len(views) - 1)
+            self.chat_history.truncate(len(views) - 1)
             await last.remove()
             prompt = self.query_one(PromptInput)
             prompt.text = last.content
@@ -305,18 +297,94 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
         self.generating = False  # only now: the conversation on screen is settled
         self.notify(f"Generation failed: {exc}", severity="error", timeout=10)
 
-    def _mark_dropped(self, dropped_turns: int) -> None:
-        """Mark the turns the engine cut to fit the budget (its policy: oldest turns first)."""
-        views = self.views()
-        starts = [i for i, v in enumerate(views) if v.role == "user"]
-        cuts = [0] + starts[1:]
-        cut = cuts[min(dropped_turns, len(cuts) - 1)] if cuts else 0
-        for i, v in enumerate(views):
-            if v.dropped != (i < cut):
-                v.mark_dropped(i < cut)
-        if dropped_turns:
-            self.notify(f"{dropped_turns} oldest turn(s) no longer fit the context budget and "
-                        "were left out of the prompt.", severity="warning")
+    # -- conversations (the history sidebar, export) ------------------------------
+
+    def _busy(self) -> bool:
+        if self.generating:
+            self.notify("Stop the reply (Esc) first.", severity="warning")
+        return self.generating
+
+    async def action_new_chat(self) -> None:
+        if self._busy():
+            return
+        await self.chat_view.remove_children(MessageView)
+        self.chat_history.reset()
+        await self.conversation_opened()
+        self.query_one(PromptInput).focus()
+
+    async def open_conversation(self, conversation_id: int) -> None:
+        """Resume a stored conversation: its messages, system prompt and sampling."""
+        if self._busy() or conversation_id == self.chat_history.conversation_id:
+            return  # already on screen, with changes the database may not have yet
+        messages = self.chat_history.load(conversation_id)
+        if messages is None:
+            self.notify("That conversation no longer exists.", severity="error")
+            return
+        chat = self.chat_view
+        await chat.show(messages)
+        await self.conversation_opened()
+        chat.scroll_end(animate=False)
+        chat.anchor()
+
+    async def conversation_opened(self) -> None:
+        """The screen shows another conversation (a stored one, or a new chat)."""
+        self.chat_view.show_system_prompt(self.chat_history.system_prompt)
+        self.query_one(StatusBar).set_stats(None)
+        self.documents.load(self.chat_history.conversation_id)
+        await self.show_documents()
+
+    async def action_toggle_sidebar(self) -> None:
+        if not await self.query_one(HistorySidebar).toggle():
+            self.query_one(PromptInput).focus()
+
+    async def on_history_sidebar_selected(self, event: HistorySidebar.Selected) -> None:
+        await self.open_conversation(event.conversation_id)
+        self.query_one(PromptInput).focus()
+
+    async def on_history_sidebar_delete_requested(
+        self, event: HistorySidebar.DeleteRequested
+    ) -> None:
+        if self.chat_history.db is None:
+            return
+        if event.conversation_id == self.chat_history.conversation_id:
+            if self._busy():
+                return
+            await self.action_new_chat()
+        self.chat_history.delete(event.conversation_id)
+        await self.query_one(HistorySidebar).refresh_list()
+
+    def action_export(self, target: str | None = None) -> None:
+        """`/export [PATH] [--all-branches]` (ChatHistory.export)."""
+        def confirm(question: str, answered) -> None:
+            self.push_screen(ConfirmScreen(question, "Overwrite"), answered)
+
+        self.chat_history.export(target, self.chat_view.shown(), confirm)
+
+    def on_chat_view_branch_shown(self, event: ChatView.BranchShown) -> None:
+        self._show_context_estimate()
+
+    # -- documents -------------------------------------------------------------------
+
+    async def action_attach(self, path: str | None = None) -> None:
+        if not path:
+            self.push_screen(AttachScreen(), lambda chosen: chosen and self.attach(chosen))
+        else:
+            await self.attach(path)
+
+    async def attach(self, path: str) -> None:
+        if await self.documents.attach(path):
+            await self.show_documents()
+
+    async def action_detach(self, name: str = "") -> None:
+        if self.documents.detach(name):
+            await self.show_documents()
+
+    async def show_documents(self, mode: str | None = None) -> None:
+        docs = self.documents
+        if mode is None and docs.attached:
+            mode = docs.fit_mode(self.session, self.chat_messages(), self.chat_history.options)
+        await self.query_one(DocumentChips).show([d.document for d in docs.attached], mode)
+        self._show_context_estimate()
 
     # -- actions -----------------------------------------------------------------
 
@@ -329,8 +397,8 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             return
         views = self.views()
         if views and views[-1].role == "assistant":
-            if not self.branch_at(views[-1]):  # else the new reply is another version
-                self.truncate_messages(len(views) - 1)
+            if not self.chat_history.branch_at(views[-1]):  # else another version of it
+                self.chat_history.truncate(len(views) - 1)
             await views[-1].remove()
             views.pop()
         if not views:
@@ -349,12 +417,12 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
                 return
             views = self.views()
             index = views.index(view)
-            if not self.branch_at(view):  # else a new version; the old branch stays
-                self.truncate_messages(index)
-            await self.query_one("#chat").remove_children(views[index:])
+            if not self.chat_history.branch_at(view):  # else a new version; the old stays
+                self.chat_history.truncate(index)
+            await self.chat_view.remove_children(views[index:])
             await self.send(text)
 
-        note = ("the current version stays: [ / ] switch back" if self.branching
+        note = ("the current version stays: [ / ] switch back" if self.chat_history.branching
                 else "later turns are dropped")
         self.push_screen(TextEditScreen(f"Edit message and resend ({note})", view.content),
                          resend)
@@ -364,38 +432,31 @@ class ChatApp(HistoryMixin, DocumentsMixin, BranchesMixin, App):
             self.set_system_prompt(text)
             return
         self.push_screen(TextEditScreen("System prompt for this conversation",
-                                        self.system_prompt or "",
-                                        "Empty means no system prompt."), self._system_edited)
-
-    def _system_edited(self, text: str | None) -> None:
-        if text is not None:
-            self.set_system_prompt(text)
+                                        self.chat_history.system_prompt or "",
+                                        "Empty means no system prompt."),
+                         lambda edited: edited is None or self.set_system_prompt(edited))
 
     def set_system_prompt(self, text: str) -> None:
-        self.set_system_prompt_quietly(text.strip() or None)
-        self.store_system_prompt()
+        self.chat_history.set_system_prompt(text.strip() or None)
+        self.chat_view.show_system_prompt(self.chat_history.system_prompt)
         self._show_context_estimate()
-        self.notify("System prompt set." if self.system_prompt else "System prompt cleared.")
+        self.notify("System prompt set." if self.chat_history.system_prompt
+                    else "System prompt cleared.")
 
     def action_sampling(self) -> None:
         def chosen(options: SamplingOptions | None) -> None:
             if options is not None:
-                self.options = options
-                self.store_sampling()
+                self.chat_history.set_options(options)
                 self.notify("Sampling settings saved for this conversation.")
 
-        self.push_screen(SamplingScreen(self.options), chosen)
-
-    def _last_reply(self) -> MessageView | None:
-        replies = [v for v in self.views() if v.role == "assistant"]
-        return replies[-1] if replies else None
+        self.push_screen(SamplingScreen(self.chat_history.options), chosen)
 
     def action_copy_reply(self) -> None:
-        reply = self._last_reply()
+        reply = self.chat_view.last_reply()
         reply.action_copy() if reply else self.notify("No reply yet.", severity="warning")
 
     def action_copy_code(self) -> None:
-        reply = self._last_reply()
+        reply = self.chat_view.last_reply()
         reply.action_copy_code() if reply else self.notify("No reply yet.", severity="warning")
 
     def action_help(self) -> None:

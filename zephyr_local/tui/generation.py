@@ -123,3 +123,18 @@ def stream_batched(
     if chunk:
         on_text(chunk)
     return "".join(parts), final
+
+
+def stream_to_screen(records: Iterable[Response], write: Callable[[str], None],
+                     ui_thread_id: int) -> tuple[str, Response | None]:
+    """stream_batched paced for the UI thread (UIPacer), each batch cleaned for the screen
+    (DisplayFilter) and passed to `write`; returns the raw reply text and the final record."""
+    screen_text, pacer = DisplayFilter(), UIPacer(ui_thread_id)
+
+    def show(chunk: str) -> None:
+        write(screen_text.feed(chunk))
+        pacer.update()
+
+    text, final = stream_batched(records, show, pacer)
+    write(screen_text.flush())
+    return text, final

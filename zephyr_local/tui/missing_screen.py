@@ -28,6 +28,16 @@ class ModelMissingScreen(ModalScreen[None]):
         super().__init__()
         self.title_text, self.message, self.offer_pull = title, message, offer_pull
 
+    @classmethod
+    def for_error(cls, exc: Exception, model: str | None, adapter: str | None):
+        """The screen for a load error; `pull` is offered for the default model alone."""
+        from zephyr_local.errors import ModelNotFoundError
+        from zephyr_local.store import DEFAULT_MODEL
+
+        missing = isinstance(exc, ModelNotFoundError)
+        offer = missing and model in (None, DEFAULT_MODEL) and not adapter
+        return cls("Model not found" if missing else "Model cannot load", str(exc), offer)
+
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="missing-dialog"):
             yield Label(self.title_text, classes="dialog-title error")

@@ -3,6 +3,8 @@ gauge, memory."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -19,6 +21,12 @@ def describe_quantization(quant: dict | None) -> str:
     if not quant:
         return "full precision"
     return f"{quant.get('bits', '?')}-bit/g{quant.get('group_size', '?')}"
+
+
+def describe_model(loaded) -> str:
+    """The model's name as the status bar shows it (loading.LoadedModel)."""
+    name = f"{loaded.path.name} · {describe_quantization(loaded.quantization)}"
+    return name + (f" + {Path(loaded.adapter_path).name}" if loaded.adapter_path else "")
 
 
 class StatusBar(Static):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 def test_dpo_benchmark_reports_both_designs(test_model):
+    from zephyr_local.bench.dpo import dpo_step_benchmark
     from zephyr_local.safetensors_header import read_header
-    from zephyr_local.train.bench import dpo_step_benchmark
     from zephyr_local.train.config import LoRAConfig
 
     d = dpo_step_benchmark(test_model, steps=1, max_length=64,

@@ -3,7 +3,7 @@ chosen+rejected) against the naive one (a second loaded copy of the model as the
 reference, four forward passes per step), on the same model and batch.
 
 `dpo_step_benchmark(model_path)` returns both designs' time per step and peak
-memory; the benchmark harness calls it, and `python -m zephyr_local.train.bench
+memory; the benchmark harness calls it, and `python -m zephyr_local.bench.dpo
 MODEL` prints it as JSON.
 """
 
@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
+from mlx import nn
 
 from zephyr_local import loading
+from zephyr_local.bench.cases import Context
+from zephyr_local.bench.common import CaseResult, random_model, ratio
 from zephyr_local.train.config import DataConfig, LoRAConfig, TrainConfig
 from zephyr_local.train.data import collate, load_dataset
 from zephyr_local.train.logprobs import sequence_logps
@@ -130,8 +132,6 @@ def dpo_case(model_path, steps: int = 3, max_length: int = 256, batch_size: int 
     directory name). Skipped, saying why, when the naive design's second copy of the
     weights would not fit in memory.
     """
-    from zephyr_local.bench.common import CaseResult, ratio
-
     label = label or Path(model_path).name
     too_big = _does_not_fit(Path(model_path))
     if too_big:
@@ -147,6 +147,20 @@ def dpo_case(model_path, steps: int = 3, max_length: int = 256, batch_size: int 
         ratio("dpo", f"time per step (best), {label}", ours_["best_step_s"],
               naive_["best_step_s"], base, higher_is_better=False, goal=1.0, unit="s"),
     ], details=d)
+
+
+def run_dpo(ctx: Context) -> CaseResult:
+    """On -m MODEL when given; else on a random model large enough that weights
+    dominate memory (`dpo_dims`), named so in the metrics."""
+    s = ctx.settings
+    steps = (s["dpo_steps"], s["dpo_max_length"], s["dpo_batch_pairs"])
+    if ctx.model_given:
+        return dpo_case(ctx.model, *steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, label = random_model(Path(tmp) / "dpo-model", s["dpo_dims"])
+        result = dpo_case(path, *steps, label=label)
+    result.details["model_dims"] = s["dpo_dims"]
+    return result
 
 
 def _does_not_fit(model_path: Path) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_chat_app import (
+from tui_helpers import (
     GREEDY,
     SIZE,
     edit_message,
@@ -44,7 +44,7 @@ async def test_regenerate_adds_a_version_and_switching_reuses_the_shared_prefix(
     async with app.run_test(size=SIZE) as pilot:
         await type_and_send(pilot, "Hello there")
         first = shown(app)
-        app.options = SHORT  # the new version is a shorter reply
+        app.chat_history.options = SHORT  # the new version is a shorter reply
         await pilot.press("ctrl+r")
         await wait_until(pilot, lambda: not app.generating)
         reply = app.views()[-1]
@@ -60,7 +60,7 @@ async def test_regenerate_adds_a_version_and_switching_reuses_the_shared_prefix(
         # The cache still holds the short version: the next prompt shares the user
         # turn and the reply's common start with it, and only the rest is prefilled.
         cached = encode(engine.tokenizer, user) + greedy_tokens(engine, user, SHORT)
-        app.options = GREEDY
+        app.chat_history.options = GREEDY
         app.query_one(PromptInput).focus()
         await type_and_send(pilot, "Go on")
         prompt = encode(engine.tokenizer, [*user, {"role": "assistant", "content": first[1][1]},
@@ -96,8 +96,8 @@ async def test_edit_adds_a_version_and_switching_back_restores_the_later_turns(e
 
         history = History(tmp_path / "history.sqlite")
         try:  # nothing was deleted: the tree holds both branches
-            tree = history.tree(app.conversation_id)
-            assert len(tree) == 6 and len(history.messages(app.conversation_id)) == 2
+            tree = history.tree(app.chat_history.conversation_id)
+            assert len(tree) == 6 and len(history.messages(app.chat_history.conversation_id)) == 2
         finally:
             history.close()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from test_chat_app import GREEDY, SIZE, make_app, type_and_send, wait_until
 from test_documents import independent_ranking, long_markdown
+from tui_helpers import GREEDY, SIZE, make_app, type_and_send, wait_until
 
 from zephyr_local import documents, retrieval
 from zephyr_local.history import History, StoredMessage
@@ -41,7 +41,7 @@ async def test_a_fitting_document_is_quoted_whole_in_the_prompt(engine, hf_token
         tokens = len(hf_tokenizer.encode(doc.read_text(), add_special_tokens=False))
         assert chip_texts(app) == [f"📄 notes.md · {tokens} tok"]
         await type_and_send(pilot, "What is the secret word?")
-        plan = app.last_plan
+        plan = app.documents.last_plan
         assert plan.mode == "whole"
         quoted = ("Attached documents, quoted in full:\n\n<document name=\"notes.md\">\n"
                   "# Notes\n\nThe secret word is pelican.\n</document>")
@@ -68,10 +68,10 @@ async def test_documents_too_big_are_retrieved_by_bm25_within_the_budget(engine,
         await slash(pilot, f"/attach {big}")
         question = "Which facts mention whiskey and xray?"
         await type_and_send(pilot, question)
-        plan = app.last_plan
+        plan = app.documents.last_plan
         assert plan.mode == "passages" and plan.used
         assert len(plan.ids) + min(GREEDY.max_tokens, budget // 2) <= budget
-        passages = _stored_passages(tmp_path, app.conversation_id)
+        passages = _stored_passages(tmp_path, app.chat_history.conversation_id)
         order = independent_ranking([p[2] for p in passages], question)
         best = [(passages[i][0], passages[i][1]) for i in order][:len(plan.used)]
         assert [(u.start_line, u.end_line) for u in plan.used] == best
@@ -102,22 +102,23 @@ async def test_a_reopened_conversation_keeps_its_documents(engine, tmp_path):
         await pilot.pause()
         await slash(pilot, f"/attach {doc}")
         await type_and_send(pilot, "What do llamas do?")
-        cid, first_ids = app.conversation_id, app.last_plan.ids
+        cid, first_ids = app.chat_history.conversation_id, app.documents.last_plan.ids
     doc.write_text("Llamas spit when they are annoyed.\n")  # changed while the chat was closed
     again = make_app(engine, tmp_path)
     async with again.run_test(size=SIZE) as pilot:
         await pilot.pause()
         await again.open_conversation(cid)
         await pilot.pause()
-        assert [d.document.text for d in again.attached] == ["Llamas hum when they are content.\n"]
+        kept = [d.document.text for d in again.documents.attached]
+        assert kept == ["Llamas hum when they are content.\n"]
         assert chip_texts(again)[0].startswith("📄 a.txt · ")
         notes = notes_of(again)
         await type_and_send(pilot, "And now?")
         assert any("a.txt changed on disk: read again" in n for n in notes)
-        assert "Llamas spit" in again.last_plan.messages[0]["content"]
-        assert again.last_plan.ids[:5] == first_ids[:5]
+        assert "Llamas spit" in again.documents.last_plan.messages[0]["content"]
+        assert again.documents.last_plan.ids[:5] == first_ids[:5]
         await slash(pilot, "/detach")
-        assert again.attached == [] and again.query_one(DocumentChips).has_class("hidden")
+        assert again.documents.attached == [] and again.query_one(DocumentChips).has_class("hidden")
 
 
 @pytest.mark.asyncio
@@ -130,8 +131,9 @@ async def test_binary_files_are_refused_and_nothing_is_attached(engine, tmp_path
         notes = notes_of(app)
         await slash(pilot, f"/attach {blob}")
         assert any("image.png: a binary file" in n for n in notes)
-        assert app.attached == [] and app.query_one(DocumentChips).has_class("hidden")
-        count = app.history.connection().execute("SELECT count(*) FROM documents").fetchone()[0]
+        assert app.documents.attached == [] and app.query_one(DocumentChips).has_class("hidden")
+        db = app.chat_history.db.connection()
+        count = db.execute("SELECT count(*) FROM documents").fetchone()[0]
         assert count == 0
 
 
@@ -148,8 +150,8 @@ async def test_attach_dialog_completes_the_path(engine, tmp_path, monkeypatch):
         for key in ("d", "o", "tab", "r", "tab", "enter"):
             await pilot.press(key)
             await pilot.pause()
-        await wait_until(pilot, lambda: bool(app.attached))
-        assert app.attached[0].document.path == str(tmp_path / "docs" / "report-2026.md")
+        await wait_until(pilot, lambda: bool(app.documents.attached))
+        assert app.documents.attached[0].document.path == str(tmp_path / "docs" / "report-2026.md")
         assert chip_texts(app)[0].startswith("📄 report-2026.md · ")
         prompt = app.query_one(PromptInput)  # Tab completes after /attach in the input too
         prompt.focus()
@@ -198,7 +200,7 @@ async def test_documents_stay_usable_when_the_database_refuses_them(engine, tmp_
         real_add = retrieval.add
 
         def locked(db, *args):
-            if db is app.history.connection():
+            if db is app.chat_history.db.connection():
                 raise sqlite3.OperationalError("database is locked")
             return real_add(db, *args)
 
@@ -206,7 +208,7 @@ async def test_documents_stay_usable_when_the_database_refuses_them(engine, tmp_
         notes = notes_of(app)
         await slash(pilot, f"/attach {second}")
         assert any("kept for this session only" in n for n in notes)
-        assert [d.document.name for d in app.attached] == ["a.txt", "b.txt"]
+        assert [d.document.name for d in app.documents.attached] == ["a.txt", "b.txt"]
         await type_and_send(pilot, "Who spits?")
-        quoted = app.last_plan.messages[0]["content"]
+        quoted = app.documents.last_plan.messages[0]["content"]
         assert "Llamas hum." in quoted and "Alpacas spit." in quoted

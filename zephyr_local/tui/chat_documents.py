@@ -1,26 +1,37 @@
-"""The chat app's attached documents: /attach, /detach, the chips, the prompt plan.
+"""The chat's attached documents: /attach, /detach, the prompt plan; a component the app owns.
 
 Documents and their passage index are stored with the conversation in the
 history database (retrieval.py); without one, in a private in-memory database.
 Before each reply every document is checked against its file: a changed file is
 read and indexed again, a missing one keeps the copy stored with the chat.
+
+ChatDocuments knows nothing of the screen: the app calls it, shows the chips after
+a change, and gives it the model's tokenizer once loaded; it talks back through
+`notify` alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 
 from zephyr_local import doc_prompt, documents, retrieval
 from zephyr_local.documents import DocumentError
-from zephyr_local.tui.attach_screen import AttachScreen
-from zephyr_local.tui.widgets.chips import DocumentChips
+from zephyr_local.tui.chat_history import ChatHistory
 
 
-class DocumentsMixin:
-    """Mixed into ChatApp (after HistoryMixin, whose conversation it uses)."""
+class ChatDocuments:
+    """The documents attached to the current conversation of `history`.
 
-    def _init_documents(self) -> None:
+    Args:
+        history: the conversation (its database holds the documents and their index).
+        notify: shows a notice, called as `notify(message, severity=..., ...)`.
+    """
+
+    def __init__(self, history: ChatHistory, notify: Callable[..., None]) -> None:
+        self.chat_history, self.notify = history, notify
+        self.tokenizer = None  # the model's, once loaded: it sizes and cuts documents
         self.attached: list[retrieval.StoredDocument] = []
         self.last_plan: doc_prompt.PromptPlan | None = None
         self._memory_db = None
@@ -32,8 +43,8 @@ class DocumentsMixin:
         self.notify(message, markup=False, **kwargs)
 
     def _documents_db(self):
-        if self.history is not None and not self._in_memory:
-            db = self.history.connection()
+        if self.chat_history.db is not None and not self._in_memory:
+            db = self.chat_history.db.connection()
             if db is not None:
                 return db
         if self._memory_db is None:
@@ -46,7 +57,7 @@ class DocumentsMixin:
         try:
             return retrieval.add(self._documents_db(), conversation, doc, passages)
         except sqlite3.Error as exc:
-            if self._in_memory or self.history is None:
+            if self._in_memory or self.chat_history.db is None:
                 raise
             self._say(f"The history database refused the document ({exc}): documents are kept "
                       "for this session only.", severity="warning", timeout=10)
@@ -57,9 +68,9 @@ class DocumentsMixin:
     def _move_to_memory(self) -> None:
         db, moved = self._documents_db(), []
         for stored in self.attached:
-            passages = documents.split(stored.document.text, self.engine.tokenizer)
-            moved.append(retrieval.StoredDocument(retrieval.add(db, None, stored.document, passages),
-                                                  stored.document))
+            passages = documents.split(stored.document.text, self.tokenizer)
+            doc_id = retrieval.add(db, None, stored.document, passages)
+            moved.append(retrieval.StoredDocument(doc_id, stored.document))
         self.attached = moved
 
     def _unstore(self, stored: retrieval.StoredDocument) -> None:
@@ -69,19 +80,9 @@ class DocumentsMixin:
             self._say(f"{stored.document.name} stays stored with the conversation: the history "
                       f"database refused the change ({exc}).", severity="warning")
 
-    async def action_attach(self, path: str | None = None) -> None:
-        if not path:
-            self.push_screen(AttachScreen(), self._attach_chosen)
-            return
-        await self.attach(path)
-
-    async def _attach_chosen(self, path: str | None) -> None:
-        if path:
-            await self.attach(path)
-
     async def attach(self, path: str) -> bool:
         """Read, cut, index and store one file; False (with a notice) if it is refused."""
-        if self.engine is None:
+        if self.tokenizer is None:
             self.notify("The model is still loading (its tokenizer sizes documents).",
                         severity="warning")
             return False
@@ -94,22 +95,22 @@ class DocumentsMixin:
             if stored.document.path == doc.path:  # attaching again: the file as it is now
                 self._unstore(stored)
                 self.attached.remove(stored)
-        conversation = None if self._in_memory else self.ensure_conversation()
+        conversation = None if self._in_memory else self.chat_history.ensure()
         doc_id = self._store(conversation, doc, passages)
         self.attached.append(retrieval.StoredDocument(doc_id, doc))
-        await self.show_documents()
         self._say(f"Attached {doc.name} ({doc.tokens} tokens, {len(passages)} passages).")
         return True
 
     def _read_and_split(self, path: str):
-        doc = documents.read(path, self.engine.tokenizer)
-        return doc, documents.split(doc.text, self.engine.tokenizer)
+        doc = documents.read(path, self.tokenizer)
+        return doc, documents.split(doc.text, self.tokenizer)
 
-    async def action_detach(self, name: str = "") -> None:
-        """`/detach NAME` (or a number, or `all`); alone, with one document attached, that one."""
+    def detach(self, name: str = "") -> bool:
+        """`/detach NAME` (or a number, or `all`); alone, with one document attached, that
+        one. False (with a notice) where nothing was detached."""
         if not self.attached:
             self.notify("No document is attached.", severity="warning")
-            return
+            return False
         names = [d.document.name for d in self.attached]
         if name == "all":
             chosen = list(self.attached)
@@ -121,14 +122,14 @@ class DocumentsMixin:
         if not chosen:
             self._say(f"Detach which one? /detach NAME, a number, or all ({', '.join(names)})",
                       severity="warning")
-            return
+            return False
         for stored in chosen:
             self._unstore(stored)
             self.attached.remove(stored)
-        await self.show_documents()
         self._say("Detached " + ", ".join(d.document.name for d in chosen) + ".")
+        return True
 
-    async def load_documents(self, conversation_id: int | None) -> None:
+    def load(self, conversation_id: int | None) -> None:
         """The documents stored with a conversation (none for a new one)."""
         self._in_memory = False
         try:
@@ -138,15 +139,8 @@ class DocumentsMixin:
             self.attached = []
             self._say(f"The conversation's documents cannot be read ({exc}).", severity="error")
         self._missing_noted.clear()
-        await self.show_documents()
 
-    async def show_documents(self, mode: str | None = None) -> None:
-        if mode is None and self.attached:
-            mode = self._fit_mode()
-        await self.query_one(DocumentChips).show([d.document for d in self.attached], mode)
-        self._show_context_estimate()
-
-    def refresh_documents(self) -> None:
+    def refresh(self) -> None:
         """Bring every document up to date with its file before a reply."""
         for i, stored in enumerate(list(self.attached)):
             doc = stored.document
@@ -160,44 +154,47 @@ class DocumentsMixin:
 
     def _reread(self, index: int, stored: retrieval.StoredDocument) -> None:
         try:
-            doc = documents.read(stored.document.path, self.engine.tokenizer)
+            doc = documents.read(stored.document.path, self.tokenizer)
         except DocumentError as exc:
             self._say(f"{exc}: the copy stored with this conversation is used.",
                       severity="warning")
             return
         self._unstore(stored)
-        passages = documents.split(doc.text, self.engine.tokenizer)
-        conversation = None if self._in_memory else self.conversation_id
+        passages = documents.split(doc.text, self.tokenizer)
+        conversation = None if self._in_memory else self.chat_history.conversation_id
         self.attached[index] = retrieval.StoredDocument(self._store(conversation, doc, passages),
                                                         doc)
         self._say(f"{doc.name} changed on disk: read again ({doc.tokens} tokens).")
 
-    def reply_records(self, messages: list[dict], options):
+    def reply_records(self, session, messages: list[dict], options):
         """The engine's reply stream, the documents in its prompt (doc_prompt's split).
         Runs on the reply's worker thread: fitting a long prompt takes a while."""
         if not self.attached:
             self.last_plan = None
-            return self.session.reply(messages, options)
-        plan = doc_prompt.plan(self.engine.tokenizer, messages, self.session.context_budget,
+            return session.reply(messages, options)
+        plan = doc_prompt.plan(self.tokenizer, messages, session.context_budget,
                                options.max_tokens, self._documents_db(), list(self.attached))
         self.last_plan = plan
-        return self.session.reply_to_ids(plan.ids, options, plan.dropped_turns)
+        return session.reply_to_ids(plan.ids, options, plan.dropped_turns,
+                                         plan.dropped_messages)
 
-    def _fit_mode(self) -> str:
-        if self.engine is None or self.session is None:
+    def fit_mode(self, session, messages: list[dict], options) -> str:
+        """How the documents would go into the next prompt: "whole" or "passages"."""
+        if self.tokenizer is None or session is None:
             return "whole"
-        messages = self.chat_messages() + [{"role": "user", "content": ""}]
-        budget = self.session.context_budget
-        reserve = doc_prompt.reply_reserve(budget, self.options.max_tokens)
-        whole = doc_prompt.whole_prompt(self.engine.tokenizer, messages,
+        messages = [*messages, {"role": "user", "content": ""}]
+        budget = session.context_budget
+        reserve = doc_prompt.reply_reserve(budget, options.max_tokens)
+        whole = doc_prompt.whole_prompt(self.tokenizer, messages,
                                         [d.document for d in self.attached], budget, reserve)
         return "passages" if whole is None else "whole"
 
-    def documents_tokens(self) -> int:
+    def tokens(self, session, messages: list[dict], options) -> int:
         """What the documents add to the context before the next question."""
         if not self.attached:
             return 0
-        if self._fit_mode() == "whole":
+        if self.fit_mode(session, messages, options) == "whole":
             return sum(d.document.tokens for d in self.attached)
-        reserve = doc_prompt.reply_reserve(self.session.context_budget, self.options.max_tokens)
-        return (self.session.context_budget - reserve) // 2
+        budget = session.context_budget
+        reserve = doc_prompt.reply_reserve(budget, options.max_tokens)
+        return (budget - reserve) // 2

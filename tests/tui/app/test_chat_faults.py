@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_chat_app import make_app, type_and_send, wait_until
+from tui_helpers import make_app, type_and_send, wait_until
 
 from zephyr_local.history import History, StoredMessage
 
@@ -71,12 +71,12 @@ async def test_lock_held_by_another_process(engine, tmp_path):
     notes = _record_notices(app)
     async with app.run_test(size=SIZE) as pilot:
         await type_and_send(pilot, "before the lock")
-        locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db)],  # noqa: ASYNC220
+        locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert locker.stdout.readline().strip() == "locked"
             await type_and_send(pilot, "while locked")
-            assert app.is_running and app.history.pending > 0
+            assert app.is_running and app.chat_history.db.pending > 0
             assert any("not being saved" in n and "locked" in n for n in notes), notes
         finally:
             locker.stdin.close()
@@ -85,7 +85,7 @@ async def test_lock_held_by_another_process(engine, tmp_path):
         screen = _screen(app)
         assert [text for role, text in screen if role == "user"] == [
             "before the lock", "while locked", "after the lock"]
-        assert app.history.pending == 0 and "History is being saved again." in notes
+        assert app.chat_history.db.pending == 0 and "History is being saved again." in notes
     assert _stored(db) == [screen]
 
 
@@ -97,8 +97,9 @@ def read_only_db(tmp_path):
     db.chmod(0o444)
     immutable = False
     if os.access(db, os.W_OK):  # root ignores permissions: make it immutable instead
-        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(db)],
-                                                        capture_output=True, check=False).returncode:
+        chattr = shutil.which("chattr") and subprocess.run(
+            ["chattr", "+i", str(db)], capture_output=True, check=False)
+        if not chattr or chattr.returncode:
             pytest.skip("cannot make a file read-only for this user")
         immutable = True
     yield db
@@ -116,7 +117,7 @@ async def test_read_only_database(engine, tmp_path, read_only_db):
         await type_and_send(pilot, "one")
         await type_and_send(pilot, "two")
         assert [t for r, t in _screen(app) if r == "user"] == ["one", "two"]
-        assert len(_screen(app)) == 4 and app.history.pending == 5  # create + 4 messages
+        assert len(_screen(app)) == 4 and app.chat_history.db.pending == 5  # create + 4 messages
         assert sum("readonly" in n for n in notes) == 1, notes  # said once, not per write
     assert _digest(read_only_db) == before
 
@@ -130,15 +131,15 @@ async def test_full_database(engine, tmp_path):
     big = "word " * 1200  # 6 kB: more than a page, so new pages are needed
     async with app.run_test(size=SIZE) as pilot:
         await type_and_send(pilot, "small")
-        conn = app.history.db._db
+        conn = app.chat_history.db.db._db
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count={pages}")
         await type_and_send(pilot, big)
         assert any("full" in n for n in notes), notes
-        assert app.history.pending > 0
+        assert app.chat_history.db.pending > 0
         conn.execute("PRAGMA max_page_count=1073741823")  # space freed
         await type_and_send(pilot, "after")
-        assert app.history.pending == 0
+        assert app.chat_history.db.pending == 0
         screen = _screen(app)
     assert _stored(db) == [screen] and screen[2] == ("user", big)
 
@@ -167,7 +168,7 @@ async def test_damaged_database_is_never_written(engine, tmp_path):
         damaged = _digest(db)
         await type_and_send(pilot, "after the damage")
         await type_and_send(pilot, "and more")
-        assert app.history.damaged and any("damaged" in n for n in notes), notes
+        assert app.chat_history.db.damaged and any("damaged" in n for n in notes), notes
         assert [t for r, t in _screen(app) if r == "user"] == ["before", "after the damage",
                                                                 "and more"]
         out = tmp_path / "rescued.json"

@@ -1,139 +1,37 @@
-"""The chat app, driven by Textual's Pilot on the tiny test model."""
+"""The whole chat app, driven by Textual's Pilot on the tiny test model."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
+from tui_helpers import (
+    GREEDY,
+    SIZE,
+    edit_message,
+    make_app,
+    reference_reply,
+    roles,
+    stored,
+    type_and_send,
+    wait_until,
+)
 
 from zephyr_local.cli import read_messages
 from zephyr_local.engine import Response
 from zephyr_local.history import History, StoredMessage
 from zephyr_local.sampling import SamplingOptions
 from zephyr_local.template import encode, fit_to_budget
-from zephyr_local.tui.app import ChatApp, ChatConfig
+from zephyr_local.tui.app import ChatApp
+from zephyr_local.tui.config import ChatConfig
 from zephyr_local.tui.generation import (
-    DisplayFilter,
-    UIPacer,
     clean_for_display,
-    stream_batched,
 )
 from zephyr_local.tui.missing_screen import ModelMissingScreen
 from zephyr_local.tui.sampling_screen import SamplingScreen
 from zephyr_local.tui.text_screen import TextEditScreen
-from zephyr_local.tui.widgets.message import last_code_block
 from zephyr_local.tui.widgets.prompt import PromptInput
 from zephyr_local.tui.widgets.sidebar import ConversationItem, HistorySidebar
-
-GREEDY = SamplingOptions(temperature=0.0, max_tokens=8)
-SIZE = (100, 30)
-
-
-async def wait_until(pilot, condition, timeout: float = 30.0) -> None:
-    """Let the app run until `condition()` holds (fails the test after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the app")
-        await pilot.pause(0.02)
-
-
-async def type_and_send(pilot, text: str) -> None:
-    pilot.app.query_one(PromptInput).text = text
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: not pilot.app.generating)
-
-
-async def edit_message(pilot, index: int, text: str) -> None:
-    """Edit message `index` (Tab to it, e) and resend it as `text`."""
-    app = pilot.app
-    app.views()[index].focus()
-    await pilot.press("e")
-    await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
-    app.screen.query_one("TextArea").text = text
-    await pilot.press("ctrl+s")
-
-
-def make_app(engine, tmp_path, options=GREEDY, **config) -> ChatApp:
-    cfg = ChatConfig(options=options, history_path=tmp_path / "history.sqlite", **config)
-    return ChatApp(cfg, engine=engine)
-
-
-def roles(app):
-    return [v.role for v in app.views()]
-
-
-def stored(tmp_path, conversation_id):
-    with_db = History(tmp_path / "history.sqlite")
-    try:
-        return with_db.messages(conversation_id)
-    finally:
-        with_db.close()
-
-
-def reference_reply(engine, messages, options=GREEDY) -> str:
-    """The engine's own reply on a fresh session: the oracle for what the app shows."""
-    return "".join(r.text for r in engine.session().reply(messages, options))
-
-
-# -- pure pieces ---------------------------------------------------------------
-
-
-def test_stream_batched_flushes_by_time_and_keeps_every_piece():
-    ticks = iter(i * 0.01 for i in range(100))  # each record arrives 10 ms after the last
-    records = [Response(f"t{i} ", i) for i in range(10)] + [Response("end", None, "stop")]
-    chunks = []
-    text, final = stream_batched(records, chunks.append, interval=0.04, clock=lambda: next(ticks))
-    assert text == "".join(r.text for r in records) and final is records[-1]
-    assert "".join(chunks) == text
-    # Clock 0.00 at start, record i seen at 0.01*(i+1): flushes at 0.04, 0.08, then the rest.
-    assert chunks == ["t0 t1 t2 t3 ", "t4 t5 t6 t7 ", "t8 t9 end"]
-
-
-@pytest.mark.skipif(not hasattr(time, "pthread_getcpuclockid"), reason="no thread CPU clock")
-def test_ui_pacer_backs_off_while_the_ui_thread_is_busy():
-    import threading
-
-    pacer = UIPacer(threading.get_ident(), base=0.04, ceiling=0.5, share=0.1)
-    end = time.monotonic() + 0.05
-    while time.monotonic() < end:  # the "UI" burns CPU: lengthen the interval
-        pass
-    pacer.update()
-    assert pacer() == pytest.approx(0.06)
-    time.sleep(0.05)  # idle: back toward the base
-    pacer.update()
-    assert pacer() == pytest.approx(0.04)
-    time.sleep(0.05)
-    pacer.update()
-    assert pacer() == pytest.approx(0.04)  # never below the base
-
-
-def test_clean_for_display_strips_terminal_escapes():
-    raw = "a\x1b[31mred\x1b[0m b\x1b]0;title\x07c\x07\x00d\r\ne\tf\x9b"
-    assert clean_for_display(raw) == "ared bcd\ne\tf"
-
-
-def test_display_filter_holds_back_split_escape_sequences():
-    f = DisplayFilter()
-    pieces = ["a\x1b[3", "1mb\x1b", "]0;t", "itle\x07c\x1b"]
-    shown = [f.feed(p) for p in pieces] + [f.flush()]
-    assert shown == ["a", "b", "", "c", ""]
-
-
-def test_last_code_block():
-    md = "x\n```python\nprint(1)\n```\ntext\n```\nsecond\nblock\n```\n"
-    assert last_code_block(md) == "second\nblock\n"
-    assert last_code_block("no code") is None
-
-
-# -- the conversation loop -----------------------------------------------------------
 
 
 @pytest.mark.asyncio
@@ -153,7 +51,7 @@ async def test_send_streams_the_engines_reply_and_commits_it(engine, tmp_path):
         assert f"prefilled {stats.prefilled_tokens} tok" in status and "cpu" in status
         used = stats.prompt_tokens + stats.generation_tokens
         assert f"{used}/{engine.context_window}" in status
-        rows = stored(tmp_path, app.conversation_id)
+        rows = stored(tmp_path, app.chat_history.conversation_id)
         assert [(m.role, m.content, m.finish_reason) for m in rows] == [
             ("user", "Hello there", None), ("assistant", expected, "length")]
         assert rows[1].stats["generation_tokens"] == GREEDY.max_tokens
@@ -177,7 +75,7 @@ async def test_keys_typed_just_before_enter_are_sent(engine, tmp_path):
         await wait_until(pilot, lambda: len(app.views()) == 2 and not app.generating
                          and prompt.text == "")
         assert app.views()[0].role == "user"
-        assert stored(tmp_path, app.conversation_id)[0].content == "Hi there"
+        assert stored(tmp_path, app.chat_history.conversation_id)[0].content == "Hi there"
 
 
 @pytest.mark.asyncio
@@ -193,8 +91,8 @@ async def test_escape_stops_and_the_conversation_goes_on(engine, tmp_path):
         assert reply.finish_reason == "cancelled" and reply.has_class("stopped")
         assert "stopped" in str(reply.query_one(".header").render())
         assert 0 < app.last_final.stats.generation_tokens < 3000
-        assert stored(tmp_path, app.conversation_id)[1].finish_reason == "cancelled"
-        app.options = GREEDY
+        assert stored(tmp_path, app.chat_history.conversation_id)[1].finish_reason == "cancelled"
+        app.chat_history.options = GREEDY
         await type_and_send(pilot, "Go on")
         assert roles(app) == ["user", "assistant", "user", "assistant"]
         assert app.views()[-1].finish_reason == "length"
@@ -225,7 +123,7 @@ async def test_follow_up_regenerate_and_edit_reuse_the_cache(engine, tmp_path):
         messages = [{"role": "user", "content": "First question, edited"}]
         assert edited.prompt_tokens == len(encode(engine.tokenizer, messages))
         assert 0 < edited.prefilled_tokens < edited.prompt_tokens  # the shared prefix was kept
-        rows = stored(tmp_path, app.conversation_id)
+        rows = stored(tmp_path, app.chat_history.conversation_id)
         assert [m.content for m in rows] == ["First question, edited",
                                              reference_reply(engine, messages)]
 
@@ -251,11 +149,11 @@ async def test_new_chat_and_system_prompt(engine, hf_tokenizer, tmp_path):
     app = make_app(engine, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await type_and_send(pilot, "One")
-        first_id = app.conversation_id
+        first_id = app.chat_history.conversation_id
         await pilot.press("ctrl+n")
-        assert app.views() == [] and app.conversation_id is None
+        assert app.views() == [] and app.chat_history.conversation_id is None
         await type_and_send(pilot, "/system Answer like a pirate.")
-        assert app.system_prompt == "Answer like a pirate." and app.views() == []
+        assert app.chat_history.system_prompt == "Answer like a pirate." and app.views() == []
         await type_and_send(pilot, "Two")
         messages = [{"role": "system", "content": "Answer like a pirate."},
                     {"role": "user", "content": "Two"}]
@@ -264,13 +162,13 @@ async def test_new_chat_and_system_prompt(engine, hf_tokenizer, tmp_path):
                                                     tokenize=False)
         oracle = hf_tokenizer(rendered)["input_ids"]
         assert app.last_final.stats.prompt_tokens == len(oracle)
-        assert app.conversation_id != first_id
+        assert app.chat_history.conversation_id != first_id
         # F2 opens the editor for the same prompt.
         await pilot.press("f2")
         await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
         app.screen.query_one("TextArea").text = "Be brief."
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: app.system_prompt == "Be brief.")
+        await wait_until(pilot, lambda: app.chat_history.system_prompt == "Be brief.")
     history = History(tmp_path / "history.sqlite")
     assert [c.system_prompt for c in history.list()] == ["Be brief.", None]
     history.close()
@@ -293,7 +191,7 @@ async def test_restart_resumes_from_history_sidebar(engine, tmp_path):
         await wait_until(pilot, lambda: len(app.views()) == 2)
         assert [v.content for v in app.views()] == contents
         await type_and_send(pilot, "And then?")
-        assert len(stored(tmp_path, app.conversation_id)) == 4
+        assert len(stored(tmp_path, app.chat_history.conversation_id)) == 4
         # Search, rename, delete from the sidebar.
         sidebar.query_one("#history-search").value = "no such text"
         await wait_until(pilot, lambda: len(sidebar.list_view.children) == 0)
@@ -304,10 +202,11 @@ async def test_restart_resumes_from_history_sidebar(engine, tmp_path):
         await wait_until(pilot, lambda: isinstance(app.screen, TextEditScreen))
         app.screen.query_one("TextArea").text = "Llama talk"
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: app.history.get(app.conversation_id).title == "Llama talk")
+        chat = app.chat_history
+        await wait_until(pilot, lambda: chat.db.get(chat.conversation_id).title == "Llama talk")
         await pilot.press("d")
-        await wait_until(pilot, lambda: app.history.list() == [])
-        assert app.views() == [] and app.conversation_id is None
+        await wait_until(pilot, lambda: app.chat_history.db.list() == [])
+        assert app.views() == [] and app.chat_history.conversation_id is None
 
 
 @pytest.mark.asyncio
@@ -359,8 +258,9 @@ async def test_sampling_modal_validates_and_saves_per_conversation(engine, tmp_p
         app.screen.query_one("#field-seed").value = "7"
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: not isinstance(app.screen, SamplingScreen))
-        assert (app.options.top_p, app.options.seed, app.options.max_tokens) == (0.5, 7, 8)
-        conv = app.history.get(app.conversation_id)
+        options = app.chat_history.options
+        assert (options.top_p, options.seed, options.max_tokens) == (0.5, 7, 8)
+        conv = app.chat_history.db.get(app.chat_history.conversation_id)
         assert conv.sampling["top_p"] == 0.5 and conv.sampling["seed"] == 7
 
 
@@ -382,9 +282,6 @@ async def test_input_history_recall_and_palette_entries(engine, tmp_path):
         titles = {c.title for c in app.get_system_commands(app.screen)}
         assert {"New chat", "Regenerate reply", "Edit system prompt", "Export conversation",
                 "Sampling settings", "Copy last code block", "Help"} <= titles
-
-
-# -- faults --------------------------------------------------------------------
 
 
 @pytest.mark.asyncio
@@ -430,22 +327,6 @@ async def test_missing_default_model_offers_pull_and_exits_for_it(tmp_path):
         assert not other.screen.query("#pull")  # only the default model can be fetched
 
 
-def test_chat_command_runs_pull_then_quantize_then_reopens(run_cli, tmp_path, monkeypatch):
-    from zephyr_local.cli import cli
-
-    calls = []
-    results = iter(["pull", None])
-    monkeypatch.setattr(ChatApp, "run", lambda self: calls.append("chat") or next(results))
-    monkeypatch.setattr(cli.commands["pull"], "callback",
-                        lambda **kw: calls.append(("pull", kw["repo_id"])))
-    monkeypatch.setattr(cli.commands["quantize"], "callback",
-                        lambda **kw: calls.append(("quantize", kw["model"], kw["bits"])))
-    result = run_cli("chat", "--history", str(tmp_path / "h.sqlite"))
-    assert result.exit_code == 0, result.output
-    assert calls == ["chat", ("pull", "HuggingFaceH4/zephyr-7b-beta"),
-                     ("quantize", "HuggingFaceH4/zephyr-7b-beta", 4), "chat"]
-
-
 @pytest.mark.asyncio
 async def test_generation_error_restores_input_and_keeps_conversation(engine, tmp_path):
     app = make_app(engine, tmp_path)
@@ -458,7 +339,7 @@ async def test_generation_error_restores_input_and_keeps_conversation(engine, tm
         assert roles(app) == ["user", "assistant"]
         assert app.query_one(PromptInput).text == huge
         assert any("Generation failed" in n and "context budget" in n for n in notes)
-        assert len(stored(tmp_path, app.conversation_id)) == 2
+        assert len(stored(tmp_path, app.chat_history.conversation_id)) == 2
 
 
 @pytest.mark.asyncio
@@ -490,125 +371,3 @@ async def test_unknown_slash_command_and_empty_message(engine, tmp_path):
         assert app.views() == [] and app.query_one(PromptInput).text == "   \n "
         assert "unknown command /frobnicate" in notes[0] and "/regen" in notes[0]
         assert notes[1] == "The message is empty."
-
-
-@pytest.mark.asyncio
-async def test_no_network_connection_while_loading_and_chatting(test_model, tmp_path,
-                                                               monkeypatch):
-    def refuse(self, *args, **kwargs):
-        raise AssertionError(f"network connection attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    app = ChatApp(ChatConfig(model=str(test_model), options=GREEDY,
-                             history_path=tmp_path / "history.sqlite"))
-    async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: app.session is not None or app.load_error is not None)
-        assert app.load_error is None
-        await type_and_send(pilot, "Offline?")
-        assert app.views()[1].finish_reason == "length"
-
-
-CRASH_SCRIPT = textwrap.dedent("""
-    import asyncio, sys, time
-    import zephyr_local
-    from zephyr_local.sampling import SamplingOptions
-    from zephyr_local.tui.app import ChatApp, ChatConfig
-    from zephyr_local.tui.widgets.prompt import PromptInput
-
-    async def main(model, db):
-        app = ChatApp(ChatConfig(model=model, history_path=db,
-                                 options=SamplingOptions(temperature=0, max_tokens=6)))
-        async with app.run_test() as pilot:
-            async def until(cond):
-                while not cond():
-                    await pilot.pause(0.02)
-            await until(lambda: app.session is not None)
-            app.query_one(PromptInput).text = "first"
-            await pilot.press("enter")
-            await until(lambda: len(app.views()) == 2 and not app.generating)
-            app.options = SamplingOptions(temperature=0, max_tokens=100000)
-            app.query_one(PromptInput).text = "second"
-            await pilot.press("enter")
-            await until(lambda: app.generating and app.views()[-1].markdown.source)
-            print("STREAMING", flush=True)
-            await asyncio.sleep(600)
-
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
-""")
-
-
-def test_kill_9_mid_reply_keeps_every_completed_message(test_model, tmp_path):
-    script = tmp_path / "crash.py"
-    script.write_text(CRASH_SCRIPT)
-    db = tmp_path / "history.sqlite"
-    proc = subprocess.Popen([sys.executable, str(script), str(test_model), str(db)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "STREAMING", proc.stderr.read()
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    history = History(db)  # reopens after the crash (WAL recovery), no error
-    [conv] = history.list()
-    rows = history.messages(conv.id)
-    history.close()
-    assert [(m.role, m.content) for m in rows[:3]] == [
-        ("user", "first"), ("assistant", rows[1].content), ("user", "second")]
-    assert rows[1].finish_reason == "length" and rows[1].content
-    assert len(rows) == 3  # only the reply in flight is lost
-
-
-# -- snapshots -----------------------------------------------------------------------
-
-
-def _snapshot_history(tmp_path) -> int:
-    history = History(tmp_path / "history.sqlite")
-    cid = history.create(system_prompt="You are a helpful assistant.")
-    history.append(cid, StoredMessage("user", "How do I reverse a list in Python?"))
-    history.append(cid, StoredMessage(
-        "assistant", "Use slicing:\n\n```python\nitems = [1, 2, 3]\nprint(items[::-1])\n```\n\n"
-        "Or `items.reverse()` to do it **in place**.", "stop"))
-    history.append(cid, StoredMessage("user", "And a tuple?"))
-    history.append(cid, StoredMessage("assistant", "The same slice works: `t[::-1]`", "cancelled"))
-    other = history.create()
-    history.append(other, StoredMessage("user", "What is a KV cache?"))
-    history.close()
-    return cid
-
-
-def test_snapshot_main_screen(snap_compare, engine, tmp_path):
-    cid = _snapshot_history(tmp_path)
-
-    async def resume(pilot):
-        pilot.app.query_one(PromptInput).cursor_blink = False  # the cursor is always drawn
-        await pilot.app.open_conversation(cid)
-        await pilot.pause()
-
-    assert snap_compare(make_app(engine, tmp_path), terminal_size=SIZE, run_before=resume)
-
-
-def test_snapshot_history_sidebar(snap_compare, engine, tmp_path):
-    cid = _snapshot_history(tmp_path)
-
-    async def open_sidebar(pilot):
-        await pilot.app.open_conversation(cid)
-        await pilot.press("ctrl+b")
-        await pilot.pause()
-
-    assert snap_compare(make_app(engine, tmp_path), terminal_size=SIZE, run_before=open_sidebar)
-
-
-def test_snapshot_model_missing(snap_compare, tmp_path, monkeypatch):
-    monkeypatch.chdir("/")  # the message names the paths tried: keep them fixed
-
-    async def until_shown(pilot):
-        await wait_until(pilot, lambda: isinstance(pilot.app.screen, ModelMissingScreen))
-        await pilot.pause()
-
-    app = ChatApp(ChatConfig(model="zephyr-7b-beta-4bit", models_dir="/nonexistent/models",
-                             history_path=tmp_path / "history.sqlite"))
-    assert snap_compare(app, terminal_size=SIZE, run_before=until_shown)
