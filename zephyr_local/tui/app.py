@@ -31,7 +31,7 @@ from zephyr_local.sampling import SamplingOptions
 from zephyr_local.tui.attach_screen import AttachScreen
 from zephyr_local.tui.chat_documents import ChatDocuments
 from zephyr_local.tui.chat_history import ChatHistory
-from zephyr_local.tui.commands import COMMANDS, parse_slash
+from zephyr_local.tui.commands import COMMANDS
 from zephyr_local.tui.config import DISCLAIMER, ChatConfig
 from zephyr_local.tui.confirm_screen import ConfirmScreen
 from zephyr_local.tui.generation import stream_to_screen
@@ -184,27 +184,14 @@ class ChatApp(App):
         return chat
 
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
-        text = event.text
-        try:
-            slash = parse_slash(text)
-        except KeyError as exc:
-            self.notify(exc.args[0], severity="error")
-            return
-        prompt = self.query_one(PromptInput)
-        if slash is not None:
-            command, arg = slash
-            prompt.remember(text)
-            prompt.clear()
-            method = getattr(self, f"action_{command.action}")
-            result = method(arg) if command.takes_text else method()
-            if inspect.isawaitable(result):
-                await result
-            return
-        if text.startswith("//"):
-            text = text[1:]
-        if await self.send(text):
-            prompt.remember(event.text)
-            prompt.clear()
+        if await self.send(event.text):
+            self.query_one(PromptInput).accept()
+
+    async def on_prompt_input_command_entered(self, event: PromptInput.CommandEntered) -> None:
+        method = getattr(self, f"action_{event.command.action}")
+        result = method(event.argument) if event.command.takes_text else method()
+        if inspect.isawaitable(result):
+            await result
 
     async def send(self, text: str) -> bool:
         """Add a user message and start the reply; False (with a notice) if it cannot."""
@@ -291,9 +278,7 @@ class ChatApp(App):
             last = views[-1]
             self.chat_history.truncate(len(views) - 1)
             await last.remove()
-            prompt = self.query_one(PromptInput)
-            prompt.text = last.content
-            prompt.move_cursor(prompt.document.end)
+            self.query_one(PromptInput).give_back(last.content)
         self.generating = False  # only now: the conversation on screen is settled
         self.notify(f"Generation failed: {exc}", severity="error", timeout=10)
 
