@@ -15,7 +15,6 @@ new chat started) and `_reply_done` (after a reply is committed).
 from __future__ import annotations
 
 import inspect
-import threading
 from dataclasses import asdict
 from functools import partial
 
@@ -23,7 +22,7 @@ from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Markdown, Static
+from textual.widgets import Footer, Static
 
 from zephyr_local.errors import ZephyrError
 from zephyr_local.history import StoredMessage
@@ -34,7 +33,6 @@ from zephyr_local.tui.chat_history import ChatHistory
 from zephyr_local.tui.commands import COMMANDS
 from zephyr_local.tui.config import DISCLAIMER, ChatConfig
 from zephyr_local.tui.confirm_screen import ConfirmScreen
-from zephyr_local.tui.generation import stream_to_screen
 from zephyr_local.tui.help_screen import HelpScreen
 from zephyr_local.tui.missing_screen import ModelMissingScreen
 from zephyr_local.tui.sampling_screen import SamplingScreen
@@ -96,7 +94,6 @@ class ChatApp(App):
         yield Footer()
 
     async def on_mount(self) -> None:
-        self._ui_thread_id = threading.get_ident()  # whose CPU time the reply pacer watches
         self.chat_view.anchor()
         self.query_one(PromptInput).focus()
         self.chat_history.open()
@@ -162,7 +159,7 @@ class ChatApp(App):
             return
         from zephyr_local.template import encode
 
-        messages = self.chat_messages()
+        messages = self.chat_view.conversation()
         used = len(encode(self.engine.tokenizer, messages)) if len(messages) > 0 else 0
         used += self.documents.tokens(self.session, messages, self.chat_history.options)
         self.query_one(StatusBar).set_context(used, self.session.context_budget)
@@ -175,13 +172,6 @@ class ChatApp(App):
 
     def views(self) -> list[MessageView]:
         return self.chat_view.views()
-
-    def chat_messages(self) -> list[dict]:
-        """The conversation as the engine takes it: system prompt, then the messages."""
-        chat = [{"role": v.role, "content": v.content} for v in self.views()]
-        if self.chat_history.system_prompt:
-            chat.insert(0, {"role": "system", "content": self.chat_history.system_prompt})
-        return chat
 
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
         if await self.send(event.text):
@@ -217,35 +207,18 @@ class ChatApp(App):
         return True
 
     async def _start_reply(self) -> None:
-        messages = self.chat_messages()  # before the reply's own view joins the chat
-        chat = self.chat_view
-        view = MessageView("assistant")
-        view.add_class("streaming")
-        await chat.mount(view)
-        chat.anchor()
+        messages = self.chat_view.conversation()  # before the reply's own view joins it
         self.generating = True
-        stream = Markdown.get_stream(view.markdown)
         self.documents.refresh()
-        self._generate(messages, self.chat_history.options, view, stream)
+        await self.chat_view.stream_reply(partial(self.documents.reply_records, self.session,
+                                                  messages, self.chat_history.options))
 
-    @work(thread=True, group="reply", exit_on_error=False)
-    def _generate(self, messages: list[dict], options: SamplingOptions, view, stream) -> None:
-        """Consume the reply on this worker thread; the UI gets batched text."""
+    async def on_chat_view_reply_finished(self, event: ChatView.ReplyFinished) -> None:
+        await self._reply_done(event.view, event.text, event.final)
 
-        try:
-            records = self.documents.reply_records(self.session, messages, options)
-            text, final = stream_to_screen(records, partial(self.call_from_thread, stream.write),
-                                           self._ui_thread_id)
-        except Exception as exc:  # shown as a notice; the conversation stays as it was
-            self.call_from_thread(self._reply_failed, view, stream, exc)
-            return
-        self.call_from_thread(self._reply_done, view, stream, text, final)
-
-    async def _reply_done(self, view: MessageView, stream, text: str, final) -> None:
-        await stream.stop()
+    async def _reply_done(self, view: MessageView, text: str, final) -> None:
+        """Save the reply the view shows (finished or stopped) and show its stats."""
         reason = final.finish_reason if final else "cancelled"
-        view.remove_class("streaming")
-        view.finish(text, reason)
         stats = final.stats if final else None
         plan = self.documents.last_plan
         sources = [asdict(u) for u in plan.used] if plan else []
@@ -266,21 +239,11 @@ class ChatApp(App):
                 self.notify(f"{stats.dropped_turns} oldest turn(s) no longer fit the context "
                             "budget and were left out of the prompt.", severity="warning")
 
-    async def _reply_failed(self, view: MessageView, stream, exc: Exception) -> None:
-        await stream.stop()
-        await view.remove()
-        views = self.views()
-        replaced = self.chat_history.restore_replaced()
-        if replaced is not None:  # a failed regenerate: the reply it replaced is back
-            await self.chat_view.show_branch(replaced)
-            self._show_context_estimate()
-        elif views and views[-1].role == "user":  # give the message back to edit and resend
-            last = views[-1]
-            self.chat_history.truncate(len(views) - 1)
-            await last.remove()
-            self.query_one(PromptInput).give_back(last.content)
+    def on_chat_view_reply_failed(self, event: ChatView.ReplyFailed) -> None:
+        if event.unsent is not None:
+            self.query_one(PromptInput).give_back(event.unsent)
         self.generating = False  # only now: the conversation on screen is settled
-        self.notify(f"Generation failed: {exc}", severity="error", timeout=10)
+        self.notify(f"Generation failed: {event.error}", severity="error", timeout=10)
 
     # -- conversations (the history sidebar, export) ------------------------------
 
@@ -367,7 +330,8 @@ class ChatApp(App):
     async def show_documents(self, mode: str | None = None) -> None:
         docs = self.documents
         if mode is None and docs.attached:
-            mode = docs.fit_mode(self.session, self.chat_messages(), self.chat_history.options)
+            mode = docs.fit_mode(self.session, self.chat_view.conversation(),
+                                 self.chat_history.options)
         await self.query_one(DocumentChips).show([d.document for d in docs.attached], mode)
         self._show_context_estimate()
 
@@ -382,35 +346,17 @@ class ChatApp(App):
             return
         views = self.views()
         if views and views[-1].role == "assistant":
-            if not self.chat_history.branch_at(views[-1]):  # else another version of it
-                self.chat_history.truncate(len(views) - 1)
-            await views[-1].remove()
-            views.pop()
+            await self.chat_view.cut(views.pop())  # a new version of it, where kept
         if not views:
             self.notify("Nothing to regenerate yet.", severity="warning")
             return
         await self._start_reply()
 
-    async def on_message_view_edit_requested(self, event: MessageView.EditRequested) -> None:
-        view = event.view
-        if self.generating:
-            self.notify("Stop the reply (Esc) before editing.", severity="warning")
-            return
-
-        async def resend(text: str | None) -> None:
-            if text is None or not text.strip() or not self._can_generate():
-                return
-            views = self.views()
-            index = views.index(view)
-            if not self.chat_history.branch_at(view):  # else a new version; the old stays
-                self.chat_history.truncate(index)
-            await self.chat_view.remove_children(views[index:])
-            await self.send(text)
-
-        note = ("the current version stays: [ / ] switch back" if self.chat_history.branching
-                else "later turns are dropped")
-        self.push_screen(TextEditScreen(f"Edit message and resend ({note})", view.content),
-                         resend)
+    async def on_chat_view_resend_requested(self, event: ChatView.ResendRequested) -> None:
+        """An edited message: a new version of it (or, unsaved, the turns from it dropped)."""
+        if self._can_generate():
+            await self.chat_view.cut(event.view)
+            await self.send(event.text)
 
     def action_system_prompt(self, text: str | None = None) -> None:
         if text:
@@ -437,12 +383,10 @@ class ChatApp(App):
         self.push_screen(SamplingScreen(self.chat_history.options), chosen)
 
     def action_copy_reply(self) -> None:
-        reply = self.chat_view.last_reply()
-        reply.action_copy() if reply else self.notify("No reply yet.", severity="warning")
+        self.chat_view.copy_last_reply()
 
     def action_copy_code(self) -> None:
-        reply = self.chat_view.last_reply()
-        reply.action_copy_code() if reply else self.notify("No reply yet.", severity="warning")
+        self.chat_view.copy_last_reply(code=True)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
