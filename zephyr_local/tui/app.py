@@ -35,6 +35,7 @@ from zephyr_local.tui.config import DISCLAIMER, ChatConfig
 from zephyr_local.tui.confirm_screen import ConfirmScreen
 from zephyr_local.tui.help_screen import HelpScreen
 from zephyr_local.tui.missing_screen import ModelMissingScreen
+from zephyr_local.tui.model_loading import load_engine, template_notice
 from zephyr_local.tui.sampling_screen import SamplingScreen
 from zephyr_local.tui.text_screen import TextEditScreen
 from zephyr_local.tui.widgets.chat_view import ChatView
@@ -114,32 +115,23 @@ class ChatApp(App):
 
     @work(thread=True, group="load", exit_on_error=False)
     def _load_model(self) -> None:
-        from zephyr_local.engine import Engine
-
-        cfg = self.config
         try:
-            engine = Engine.load(cfg.model, cfg.adapter, cfg.models_dir)
+            engine = load_engine(self.config)
         except ZephyrError as exc:
             self.call_from_thread(self._model_failed, exc)
-            return
-        except Exception as exc:  # an unexpected loader fault still gets a screen, not a trace
-            self.call_from_thread(self._model_failed, ZephyrError(f"cannot load the model: {exc}"))
             return
         self.call_from_thread(self._model_ready, engine)
 
     def _model_ready(self, engine) -> None:
-        from rich.markup import escape
-
         from zephyr_local.backend import backend_name
-        from zephyr_local.template import uses_own_template
 
         self.engine, self.documents.tokenizer = engine, engine.tokenizer
         self.session = engine.session(self.config.context_budget, self.config.lookup)
         self.query_one(StatusBar).set_model(describe_model(engine.loaded), backend_name())
         self._show_context_estimate()
-        notice = uses_own_template(engine.tokenizer)
+        notice = template_notice(engine.tokenizer)
         if notice:
-            self.notify(escape(notice.capitalize() + "."), timeout=8)
+            self.notify(notice, timeout=8)
 
     def _history_saved(self) -> None:
         self.call_later(self.query_one(HistorySidebar).refresh_list)
