@@ -50,6 +50,11 @@ class StatusBar(Static):
         self.stats = stats
         self._show()
 
+    def show_reply(self, stats, budget: int) -> None:
+        """The last reply's stats (engine.ReplyStats), and the context it filled."""
+        self.stats, self.context = stats, (stats.prompt_tokens + stats.generation_tokens, budget)
+        self._show()
+
     def set_context(self, used: int, budget: int) -> None:
         self.context = (used, budget)
         self._show()
