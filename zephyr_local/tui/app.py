@@ -20,7 +20,6 @@ from functools import partial
 
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Static
 
@@ -30,14 +29,13 @@ from zephyr_local.sampling import SamplingOptions
 from zephyr_local.tui.attach_screen import AttachScreen
 from zephyr_local.tui.chat_documents import ChatDocuments
 from zephyr_local.tui.chat_history import ChatHistory
-from zephyr_local.tui.commands import COMMANDS
+from zephyr_local.tui.commands import APP_BINDINGS, COMMANDS
 from zephyr_local.tui.config import DISCLAIMER, ChatConfig
 from zephyr_local.tui.confirm_screen import ConfirmScreen
 from zephyr_local.tui.help_screen import HelpScreen
 from zephyr_local.tui.missing_screen import ModelMissingScreen
 from zephyr_local.tui.model_loading import load_engine, template_notice
 from zephyr_local.tui.sampling_screen import SamplingScreen
-from zephyr_local.tui.text_screen import TextEditScreen
 from zephyr_local.tui.widgets.chat_view import ChatView
 from zephyr_local.tui.widgets.chips import DocumentChips
 from zephyr_local.tui.widgets.message import MessageView
@@ -51,16 +49,7 @@ class ChatApp(App):
 
     CSS_PATH = "chat.tcss"
     TITLE = "zephyr-local chat"
-    BINDINGS = [
-        Binding("escape", "stop", "Stop"),
-        Binding("ctrl+n", "new_chat", "New chat"),
-        Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("ctrl+b", "toggle_sidebar", "History"),
-        Binding("ctrl+o", "attach", "Attach"),
-        Binding("f2", "system_prompt", "System prompt", show=False),
-        Binding("f3", "sampling", "Sampling", show=False),
-        Binding("f1", "help", "Help"),
-    ]
+    BINDINGS = APP_BINDINGS
 
     def __init__(self, config: ChatConfig | None = None, engine=None) -> None:
         super().__init__()
@@ -222,10 +211,7 @@ class ChatApp(App):
         if self.documents.attached and plan:
             await self.show_documents(plan.mode)
         if stats is not None:
-            status = self.query_one(StatusBar)
-            status.set_stats(stats)
-            used = stats.prompt_tokens + stats.generation_tokens
-            status.set_context(used, self.session.context_budget)
+            self.query_one(StatusBar).show_reply(stats, self.session.context_budget)
             self.chat_view.mark_dropped(stats.dropped_messages)
             if stats.dropped_turns:
                 self.notify(f"{stats.dropped_turns} oldest turn(s) no longer fit the context "
@@ -300,7 +286,7 @@ class ChatApp(App):
 
         self.chat_history.export(target, self.chat_view.shown(), confirm)
 
-    def on_chat_view_branch_shown(self, event: ChatView.BranchShown) -> None:
+    def on_chat_view_prompt_changed(self, event: ChatView.PromptChanged) -> None:
         self._show_context_estimate()
 
     # -- documents -------------------------------------------------------------------
@@ -351,20 +337,7 @@ class ChatApp(App):
             await self.send(event.text)
 
     def action_system_prompt(self, text: str | None = None) -> None:
-        if text:
-            self.set_system_prompt(text)
-            return
-        self.push_screen(TextEditScreen("System prompt for this conversation",
-                                        self.chat_history.system_prompt or "",
-                                        "Empty means no system prompt."),
-                         lambda edited: edited is None or self.set_system_prompt(edited))
-
-    def set_system_prompt(self, text: str) -> None:
-        self.chat_history.set_system_prompt(text.strip() or None)
-        self.chat_view.show_system_prompt(self.chat_history.system_prompt)
-        self._show_context_estimate()
-        self.notify("System prompt set." if self.chat_history.system_prompt
-                    else "System prompt cleared.")
+        self.chat_view.edit_system_prompt(text)
 
     def action_sampling(self) -> None:
         def chosen(options: SamplingOptions | None) -> None:

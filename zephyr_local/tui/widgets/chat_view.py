@@ -3,7 +3,7 @@
 The view shows one branch of the conversation's tree (history.py), from the first
 message to the current leaf. `[` / `]` on a message move between its versions and
 the conversation below follows; the view asks its ChatHistory to switch and posts
-BranchShown. The engine's KV cache is trimmed to the common prefix of what it holds
+PromptChanged. The engine's KV cache is trimmed to the common prefix of what it holds
 and the new prompt, so after a switch only the tokens past the branch point are
 prefilled.
 
@@ -39,8 +39,9 @@ class ChatView(VerticalScroll):
         busy: whether a reply is streaming (no switching then).
     """
 
-    class BranchShown(Message):
-        """Another version is shown: what the prompt holds has changed."""
+    class PromptChanged(Message):
+        """What the next prompt holds has changed: another version is shown, or the
+        system prompt was set."""
 
     class ReplyFinished(Message):
         """A reply streamed to its end or was stopped: its view, its whole text, and the
@@ -109,6 +110,23 @@ class ChatView(VerticalScroll):
         note.update(Text(f"System: {clean_for_display(text)}" if text else ""))
         note.set_class(not text, "hidden")
 
+    def edit_system_prompt(self, text: str | None = None) -> None:
+        """Set the conversation's system prompt to `text`, or (no text) edit it in a dialog."""
+        if text:
+            self._set_system_prompt(text)
+            return
+        self.app.push_screen(TextEditScreen("System prompt for this conversation",
+                                            self.history.system_prompt or "",
+                                            "Empty means no system prompt."),
+                             lambda edited: edited is None or self._set_system_prompt(edited))
+
+    def _set_system_prompt(self, text: str) -> None:
+        self.history.set_system_prompt(text.strip() or None)
+        self.show_system_prompt(self.history.system_prompt)
+        self.post_message(self.PromptChanged())
+        self.notify("System prompt set." if self.history.system_prompt
+                    else "System prompt cleared.")
+
     async def show(self, stored: list, start: int = 0) -> None:
         """Show the stored messages (history.StoredMessage) from message `start` on."""
         await self.remove_children(self.views()[start:])
@@ -147,7 +165,7 @@ class ChatView(VerticalScroll):
             return
         await self.show_branch(index)
         self.views()[index].focus()
-        self.post_message(self.BranchShown())
+        self.post_message(self.PromptChanged())
 
     async def cut(self, view: MessageView) -> None:
         """Remove `view` and the messages after it, so that what is said next is a new
@@ -210,7 +228,7 @@ class ChatView(VerticalScroll):
         replaced = self.history.restore_replaced()
         if replaced is not None:  # a failed regenerate: the reply it replaced is back
             await self.show_branch(replaced)
-            self.post_message(self.BranchShown())
+            self.post_message(self.PromptChanged())
         elif views and views[-1].role == "user":  # taken back, to edit and resend
             unsent = views[-1].content
             self.history.truncate(len(views) - 1)
