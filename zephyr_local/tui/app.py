@@ -1,11 +1,12 @@
 """The chat app: conversation view, input, status bar, history sidebar.
 
-The model loads on a worker thread while the app is already usable; each reply is
-consumed on one thread worker that hands the UI batched text (generation.py).
-The conversation as the history database keeps it (writes, versions, export) is
-the ChatHistory the app owns (chat_history.py); the screen's messages are a ChatView
-(widgets/chat_view.py), which also switches versions; attached documents are the
-ChatDocuments it owns (chat_documents.py).
+The app owns the engine, the ChatHistory (the conversation as the database keeps it,
+chat_history.py) and the ChatDocuments (attached documents, chat_documents.py), and
+coordinates its widgets, which do their own display and post what the app must act on:
+PromptInput parses slash commands (CommandEntered) and messages (Submitted); ChatView
+(widgets/chat_view.py) shows the messages, switches versions, edits, and streams each
+reply on a thread worker (ReplyFinished, ReplyFailed); the model loads on a worker
+thread while the app is already usable (model_loading.py).
 
 Per-conversation state outside the database (such as a saved KV cache) hooks in
 at two points: `conversation_opened` (after a stored conversation is shown, or a
@@ -41,7 +42,7 @@ from zephyr_local.tui.widgets.chips import DocumentChips
 from zephyr_local.tui.widgets.message import MessageView
 from zephyr_local.tui.widgets.prompt import PromptInput
 from zephyr_local.tui.widgets.sidebar import HistorySidebar
-from zephyr_local.tui.widgets.status import StatusBar, describe_model
+from zephyr_local.tui.widgets.status import StatusBar
 
 
 class ChatApp(App):
@@ -112,11 +113,9 @@ class ChatApp(App):
         self.call_from_thread(self._model_ready, engine)
 
     def _model_ready(self, engine) -> None:
-        from zephyr_local.backend import backend_name
-
         self.engine, self.documents.tokenizer = engine, engine.tokenizer
         self.session = engine.session(self.config.context_budget, self.config.lookup)
-        self.query_one(StatusBar).set_model(describe_model(engine.loaded), backend_name())
+        self.query_one(StatusBar).show_model(engine.loaded)
         self._show_context_estimate()
         notice = template_notice(engine.tokenizer)
         if notice:

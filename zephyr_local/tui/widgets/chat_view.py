@@ -201,12 +201,13 @@ class ChatView(VerticalScroll):
         view.add_class("streaming")
         await self.mount(view)
         self.anchor()
-        self._consume(records, view, Markdown.get_stream(view.markdown))
+        self._consume(records, view, Markdown.get_stream(view.markdown), self.app.call_from_thread)
 
     @work(thread=True, group="reply", exit_on_error=False)
-    def _consume(self, records: Callable[[], Iterable], view: MessageView, stream) -> None:
-        """Consume the reply on this worker thread; the UI gets batched text."""
-        call = self.app.call_from_thread
+    def _consume(self, records: Callable[[], Iterable], view: MessageView, stream,
+                 call: Callable) -> None:
+        """Consume the reply on this worker thread; the UI gets batched text. `call`
+        runs a function on the UI thread (App.call_from_thread)."""
         try:
             text, final = stream_to_screen(records(), partial(call, stream.write),
                                            self._ui_thread_id)

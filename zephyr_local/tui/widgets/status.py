@@ -46,6 +46,12 @@ class StatusBar(Static):
         self.model, self.backend = model, backend
         self._show()
 
+    def show_model(self, loaded) -> None:
+        """The model (loading.LoadedModel) and the backend it runs on."""
+        from zephyr_local.backend import backend_name
+
+        self.set_model(describe_model(loaded), backend_name())
+
     def set_stats(self, stats) -> None:
         self.stats = stats
         self._show()
