@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import invoke
 from fakehub import FakeHub
-from test_pull import PICKLES, REPO, pointed_at, zl
+from test_pull import PICKLES, REPO, pointed_at
 
 from zephyr_local.store import MODEL_FILE_PATTERNS, NOT_MODEL_FILE_PATTERNS
 
@@ -30,15 +31,16 @@ def cached_repo(test_model, tmp_path):
 def test_pull_of_a_repo_in_the_hf_cache_downloads_nothing(cached_repo, tmp_path):
     hub, files = cached_repo
     store = tmp_path / "store"
-    r = zl(store, "pull", REPO)
+    r = invoke(store, "pull", REPO)
     assert r.exit_code == 0, r.output
     assert "Hugging Face cache" in r.stdout and "no second copy" in r.stdout
     assert hub.requests == []  # not even the file listing
     assert not (store / "zephyr-test").exists()  # no second copy in the store
-    g = zl(store, "generate", "-m", REPO, "--temp", "0", "--max-tokens", "3", "-p", "Hi", "--json")
+    g = invoke(store, "generate", "-m", REPO, "--temp", "0", "--max-tokens", "3", "-p", "Hi",
+               "--json")
     assert g.exit_code == 0, g.output
     assert hub.requests == []
-    listed = json.loads(zl(store, "models", "--json").stdout)
+    listed = json.loads(invoke(store, "models", "--json").stdout)
     cached = [m for m in listed if m["name"] == REPO]
     assert len(cached) == 1 and cached[0]["source"] == "hf-cache"
     assert "/snapshots/" in cached[0]["path"] and cached[0]["size_bytes"] >= sum(
@@ -48,7 +50,7 @@ def test_pull_of_a_repo_in_the_hf_cache_downloads_nothing(cached_repo, tmp_path)
 def test_force_still_downloads_into_the_store(cached_repo, tmp_path):
     hub, files = cached_repo
     store = tmp_path / "store"
-    r = zl(store, "pull", REPO, "--force")
+    r = invoke(store, "pull", REPO, "--force")
     assert r.exit_code == 0, r.output
     assert (store / "zephyr-test" / "model.safetensors").read_bytes() == files["model.safetensors"]
     assert any("/resolve/" in path for path in hub.paths_requested())
@@ -67,7 +69,7 @@ def test_a_pulled_model_is_one_copy_that_huggingface_hub_finds(cached_repo, tmp_
 
     shutil.rmtree(cache_dir())  # start from an empty cache: this pull must download
     store = tmp_path / "store"
-    r = zl(store, "pull", REPO)
+    r = invoke(store, "pull", REPO)
     assert r.exit_code == 0, r.output
     assert any("/resolve/" in p for p in hub.paths_requested())
     snapshot = snapshot_download(REPO, local_files_only=True, allow_patterns=MODEL_FILE_PATTERNS,
@@ -79,5 +81,5 @@ def test_a_pulled_model_is_one_copy_that_huggingface_hub_finds(cached_repo, tmp_
     info = scan_cache_dir(cache_dir())
     assert not info.warnings and [x.repo_id for x in info.repos] == [REPO]
     assert info.size_on_disk == sum(len(d) for d in files.values())  # nothing twice
-    listed = json.loads(zl(store, "models", "--json").stdout)
+    listed = json.loads(invoke(store, "models", "--json").stdout)
     assert [(m["name"], m["source"]) for m in listed] == [("zephyr-test", REPO)]  # not twice

@@ -9,13 +9,13 @@ import json
 import os
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import click
 
 from zephyr_local import flags as _flags
 from zephyr_local import store_cli
-from zephyr_local.cli_common import store_dir
+from zephyr_local.bench import cli as bench_cli
+from zephyr_local.cli_common import model_option, store_dir
 from zephyr_local.errors import ZephyrError, describe_os_error, first_line
 from zephyr_local.params import SEED, Finite
 from zephyr_local.train import cli as train_cli
@@ -65,15 +65,8 @@ def cli(ctx: click.Context, models_dir: str | None) -> None:
 
 # The store commands live in store_cli.py; the adapter commands (sft, dpo, evaluate, fuse,
 # export-peft) in train/cli.py.
-for _command in (*store_cli.COMMANDS, *train_cli.COMMANDS):
+for _command in (*store_cli.COMMANDS, *train_cli.COMMANDS, *bench_cli.COMMANDS):
     cli.add_command(_command)
-
-
-def model_option(f):
-    return click.option(
-        "--model", "-m", "model", default=None,
-        help="Local directory, store name, or downloaded hub id (default: zephyr-7b-beta-4bit).",
-    )(f)
 
 
 def sampling_options(f):
@@ -348,52 +341,6 @@ def _pull_default_model(ctx: click.Context) -> None:
         raise ZephyrError("this install has no pull/quantize commands")
     ctx.invoke(pull_cmd, repo_id=store.DEFAULT_REPO)
     ctx.invoke(quantize_cmd, model=store.DEFAULT_REPO, bits=4)
-
-
-# --- bench command (benchmarks/) ---
-
-
-def _bench_cases_help() -> str:
-    """--case's help: the registered cases (bench/cases.py; it does not import MLX)."""
-    from zephyr_local.bench.cases import CASES
-
-    full = [c.name for c in CASES.values() if "quick" not in c.modes]
-    return (f"Run only this case (repeatable): {', '.join(CASES)}"
-            f" ({', '.join(full)}: --full only).")
-
-
-@cli.command()
-@click.option("--quick", "mode", flag_value="quick", default=True,
-              help="Small settings: under 2 minutes on a 2-core CPU (default).")
-@click.option("--full", "mode", flag_value="full", help="Larger settings and more repeats.")
-@model_option
-@click.option("--case", "cases", multiple=True, help=_bench_cases_help())
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Results folder (default: benchmarks/results in the checkout).")
-def bench(mode, model, cases, out_dir) -> None:
-    """Benchmark zephyr-local against mlx-lm, naive designs and the hardware limit.
-
-    Without --model it builds the test model. Writes <date>-<machine>.json, .md and
-    .png to the results folder and prints the table.
-
-    Example: zephyr-local bench --quick
-    """
-    from zephyr_local import store
-    from zephyr_local.bench import harness
-
-    if model is not None:
-        model = str(store.resolve_model(model))
-    from zephyr_local import display
-
-    with display.ProgressBars() as bars:
-        cases_bar = bars("Benchmark")
-        run = harness.run(mode, model, list(cases) or None,
-                          progress=lambda msg: bars.progress.console.print(f"... {msg}"),
-                          on_case=lambda done, total, name: cases_bar(done, total, name))
-    out = Path(out_dir) if out_dir else store.home_dir() / "benchmarks" / "results"
-    paths = harness.write(run, out)
-    click.echo(paths["md"].read_text())
-    click.echo(f"Wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")
 
 
 # mlx-lm's flag names as aliases, from the one table in flags.py (after every command exists).

@@ -1,4 +1,4 @@
-"""What every command module shares: the model store the group's --models-dir names."""
+"""What the command modules share: the model store --models-dir names, the --model option."""
 
 from __future__ import annotations
 
@@ -12,3 +12,10 @@ def store_dir(ctx: click.Context) -> Path:
     from zephyr_local import store
 
     return store.models_dir(ctx.obj.get("models_dir") if ctx.obj else None)
+
+
+def model_option(f):
+    return click.option(
+        "--model", "-m", "model", default=None,
+        help="Local directory, store name, or downloaded hub id (default: zephyr-7b-beta-4bit).",
+    )(f)
