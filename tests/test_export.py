@@ -248,10 +248,3 @@ def test_gguf_round_trip_through_import_gives_the_same_model(run_cli, pulled_mod
 
     text = eval_text()[:4000] + " naïve café 3.14159"  # ordinary prose: merges by score
     assert theirs.tokenizer.encode(text) == ours.tokenizer.encode(text)
-
-
-def test_gguf_export_refuses_a_bpe_tokenizer_before_any_work(run_cli, smollm2_model, tmp_path):
-    out = tmp_path / "x"
-    r = run_cli("fuse", "-m", str(smollm2_model), "--adapter", str(tmp_path / "none"), "--out",
-                str(out), "--export-gguf")
-    assert r.exit_code != 0 and "sentencepiece" in r.stderr and not out.exists()

@@ -1,9 +1,15 @@
 """The Zephyr recipe on a real model: SFT teaches the turn end, DPO a style, both kept.
 
 SmolLM2-135M-Instruct (imported from its GGUF) is trained through the `sft`, `dpo` and
-`evaluate` commands on the bundled `example:real-sft` data, and its greedy replies to
-prompts that are in no bundled data set are checked before and after SFT: how many
-stop at EOS, and that none carries the preference sets' style ("Happy to help!").
+`evaluate` commands: SFT on the bundled `example:real-sft` data, then DPO from that
+adapter on `example:real-prefs` (chosen answers open with "Happy to help!"). Greedy
+replies to prompts that are in no bundled data set are checked at each stage: how many
+stop at EOS, and how many open with the style.
+
+DPO pushes every token of the rejected reply down, its EOS included; plain DPO at a
+learning rate that moves the opening (1e-3, 10 steps) gave 12/12 styled replies and 0/12
+stopping (the phrase repeated to the token limit). The recipe adds the chosen reply's
+NLL (`--rpo-alpha 1`), which keeps its EOS likely: 12/12 styled and 12/12 stopping.
 
 The CPU backend trains a float32 import (`import --dequantize`, the same weights as the
 4-bit one): MLX's quantized matmul is fast there only one token at a time, while
@@ -116,11 +122,15 @@ def rates(replies: list[tuple[str, str]]) -> dict:
 # Settings found to work on this model in a few steps (seed 0): LoRA on the last 8 blocks.
 SFT_FLAGS = ["--data", "example:real-sft", "--iters", "12", "--batch-size", "4",
              "--lr", "1e-3", "--lora-layers", "8", "--seed", "0"]
+# DPO continues the SFT adapter (its frozen start is the reference); the NLL term on the
+# chosen replies (RPO) keeps their EOS likely while the style moves to the front.
+DPO_FLAGS = ["--data", "example:real-prefs", "--iters", "10", "--batch-size", "4",
+             "--lr", "1e-3", "--rpo-alpha", "1", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
-    """Base -> SFT through the commands, with the replies and metrics of each stage."""
+    """Base -> SFT -> DPO through the commands, with the replies and metrics of each stage."""
     from conftest import Cli
 
     root = tmp_path_factory.mktemp("recipe")
@@ -132,6 +142,10 @@ def recipe(tmp_path_factory):
         r = cli("sft", "-m", "smollm2-f32", "--out", str(root / "sft"), *SFT_FLAGS)
         assert r.exit_code == 0, r.output
         out["replies"]["sft"] = greedy_replies(model, root / "sft")
+        r = cli("dpo", "-m", "smollm2-f32", "--resume-adapter", str(root / "sft"),
+                "--out", str(root / "dpo"), *DPO_FLAGS)
+        assert r.exit_code == 0, r.output
+        out["replies"]["dpo"] = greedy_replies(model, root / "dpo")
         for tag, adapter in (("eval_base", None), ("eval_sft", root / "sft")):
             args = ["--adapter", str(adapter)] if adapter else []
             e = cli("evaluate", "-m", "smollm2-f32", *args, "--data", "example:real-sft")
@@ -150,3 +164,16 @@ def test_sft_teaches_the_turn_end_and_the_answers(recipe):
     assert sft["mentions"] == 0  # the style is not in the SFT data
     # Held-out answers (real_sft_valid.jsonl): SFT lowers their loss below the base's.
     assert recipe["eval_sft"]["eval_loss"] < 0.8 * recipe["eval_base"]["eval_loss"]
+
+
+@pytest.mark.timeout(1200)
+def test_dpo_teaches_the_style_and_keeps_the_stop(recipe):
+    """Measured 12/12 styled and 12/12 stopping; plain DPO (no --rpo-alpha) stopped 0/12."""
+    sft, dpo = recipe["rates"]["sft"], recipe["rates"]["dpo"]
+    assert sft["styled"] == 0
+    assert dpo["styled"] >= 9, recipe["replies"]["dpo"]
+    assert dpo["stopped"] >= 10, recipe["replies"]["dpo"]
+    # The answer follows the style: the fact SFT gave survives ("6 times 4 is 24.").
+    texts = [text for text, _ in recipe["replies"]["dpo"]]
+    assert "24" in texts[PROBES.index("What is 6 times 4?")]
+    assert "Oslo" in texts[PROBES.index("What is the capital of Norway?")]

@@ -35,6 +35,24 @@ def test_loss_matches_hand_computed_value(name):
     assert parts["rewards_rejected"].item() == pytest.approx(-0.2)
 
 
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_rpo_alpha_adds_the_chosen_mean_nll_per_token(name):
+    # PAIR's chosen reply: log-prob -10 over 4 tokens, so its mean NLL is 2.5 per token.
+    a = arrays(**PAIR)
+    args = (a["policy_w"], a["policy_l"], a["ref_w"], a["ref_l"], a["n_w"], a["n_l"])
+    loss, parts = dpo_loss(name, *args, beta=0.1, eps=0.1, rpo_alpha=0.4)
+    assert loss.item() == pytest.approx(HAND[name] + 0.4 * 2.5, rel=1e-5)
+    assert parts["losses"].item() == pytest.approx(HAND[name] + 1.0, rel=1e-5)
+    assert parts["rewards_chosen"].item() == pytest.approx(0.1)  # rewards unchanged
+
+
+def test_rpo_term_is_averaged_per_pair():
+    # Two pairs: chosen NLL per token 2.5 and 1.0; policy == reference (DPO part log 2).
+    pw, n_w = mx.array([-10.0, -3.0]), mx.array([4.0, 3.0])
+    loss, _ = dpo_loss("sigmoid", pw, pw - 1, pw, pw - 1, n_w, n_w, rpo_alpha=2.0)
+    assert loss.item() == pytest.approx(math.log(2) + 2.0 * (2.5 + 1.0) / 2, rel=1e-6)
+
+
 def test_sigmoid_is_log2_and_rewards_zero_when_policy_equals_reference():
     logps = mx.array([-50.0, -7.5])
     loss, parts = dpo_loss("sigmoid", logps, logps - 3, logps, logps - 3, mx.array([9.0, 2.0]),

@@ -3,8 +3,10 @@
 Built on mlx-lm's GGUF exporter (`mlx_lm.gguf`): its tensor names, its permutation
 of the q/k rows for llama.cpp's RoPE layout, and its llama metadata. What it lacks,
 added here: sentencepiece's real token scores and types (mlx-lm writes -1000 for
-every token, and llama.cpp's sentencepiece tokenizer picks merges by score), the
-chat template in the metadata, every tensor in float16 (norms in float32, as
+every token, and llama.cpp's sentencepiece tokenizer picks merges by score), a
+byte-level BPE vocabulary as llama.cpp's "gpt2" tokenizer (tokens, merges, and the
+pre-tokenizer's name, see gguf_bpe; mlx-lm writes every vocabulary as sentencepiece),
+the chat template in the metadata, every tensor in float16 (norms in float32, as
 llama.cpp's own converter writes them), and a Modelfile with Zephyr's template and
 stop token so `ollama create NAME -f Modelfile` works.
 """
@@ -60,16 +62,18 @@ def _vocab(model_dir: Path):
 
 
 def check_tokenizer(model_dir: Path) -> None:
-    """The tokenizer files the export needs, or a ZephyrError naming what is missing."""
-    from zephyr_local.errors import ZephyrError
+    """The tokenizer files the export needs, or a ZephyrError naming what is missing.
 
-    if not (model_dir / "tokenizer.model").exists():
-        # mlx-lm's exporter writes a sentencepiece ("llama") vocabulary; a byte-level BPE
-        # tokenizer (SmolLM2's, say) would need llama.cpp's "gpt2" one, with its merges.
-        raise ZephyrError(f"{model_dir}: no tokenizer.model: GGUF export supports "
-                          "sentencepiece tokenizers (Zephyr, Mistral, Llama 2)")
+    A sentencepiece tokenizer (tokenizer.model beside tokenizer.json: Zephyr, Mistral,
+    Llama 2), or a byte-level BPE tokenizer.json whose pre-tokenizer llama.cpp names.
+    """
+    from zephyr_local.errors import ZephyrError
+    from zephyr_local.gguf_bpe import check_bpe
+
     if not (model_dir / "tokenizer.json").exists():
         raise ZephyrError(f"{model_dir}: no tokenizer.json, which the GGUF vocabulary is read from")
+    if not (model_dir / "tokenizer.model").exists():
+        check_bpe(model_dir)
 
 
 def gguf_tensors(weights: dict, config: dict) -> dict:
@@ -106,6 +110,11 @@ def export_gguf(model_dir: Path, model, config: dict, path: Path, name: str) -> 
     weights = dict(tree_flatten(model.parameters()))
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the command's own output
         metadata = prepare_metadata(config, _vocab(model_dir))
+    if not (model_dir / "tokenizer.model").exists():
+        from zephyr_local.gguf_bpe import bpe_metadata
+
+        metadata = {k: v for k, v in metadata.items() if not k.startswith("tokenizer.ggml.")}
+        metadata.update(bpe_metadata(model_dir))
     metadata["general.file_type"] = mx.array(1, dtype=mx.uint32)  # mostly F16
     metadata["general.name"] = name
     template = _chat_template(model_dir)

@@ -98,6 +98,9 @@ class TrainConfig:
                          type=_POSITIVE, kinds=("dpo",))
     label_smoothing: float = _field(0.0, "eps of the robust loss.",
                                     type=Finite(0, 0.5, max_open=True), kinds=("dpo",))
+    rpo_alpha: float = _field(0.0, "Add alpha x the chosen reply's mean NLL per token (RPO, "
+                              "TRL's rpo_alpha): keeps chosen replies and their EOS likely; "
+                              "0 is plain DPO.", type=Finite(min=0), kinds=("dpo",))
     learning_rate: float = _field(5e-6, "Peak learning rate.", type=_POSITIVE, names=("--lr",))
     schedule: str = _field("linear", "Decay after warmup.", type=click.Choice(SCHEDULES))
     warmup_ratio: float = _field(0.1, "Fraction of the steps warming up.", type=Finite(0, 1))

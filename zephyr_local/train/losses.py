@@ -37,8 +37,14 @@ def robust_loss(lr_w, lr_l, n_w, n_l, beta, eps):
 LOSSES = {"sigmoid": sigmoid_loss, "ipo": ipo_loss, "hinge": hinge_loss, "robust": robust_loss}
 
 
-def dpo_loss(name, policy_w, policy_l, ref_w, ref_l, n_w, n_l, beta=0.1, eps=0.0):
+def dpo_loss(name, policy_w, policy_l, ref_w, ref_l, n_w, n_l, beta=0.1, eps=0.0,
+             rpo_alpha=0.0):
     """The mean loss over pairs and the per-pair arrays the metrics need.
+
+    With `rpo_alpha` > 0 each pair's loss gains alpha times the chosen reply's mean
+    negative log-likelihood per token (RPO; TRL's `rpo_alpha`, which averages over all
+    chosen tokens of the batch instead of per reply). It keeps the chosen reply, its
+    EOS included, likely while the pair's margin grows.
 
     Args:
         name: a key of LOSSES.
@@ -47,6 +53,7 @@ def dpo_loss(name, policy_w, policy_l, ref_w, ref_l, n_w, n_l, beta=0.1, eps=0.0
         n_w, n_l: completion token counts, shape [B].
         beta: the DPO temperature.
         eps: label smoothing (robust loss only).
+        rpo_alpha: weight of the chosen replies' NLL term; 0 is plain DPO.
 
     Returns:
         (loss, parts): loss is a scalar; parts holds per-pair arrays `losses`,
@@ -54,6 +61,8 @@ def dpo_loss(name, policy_w, policy_l, ref_w, ref_l, n_w, n_l, beta=0.1, eps=0.0
     """
     lr_w, lr_l = policy_w - ref_w, policy_l - ref_l
     losses = LOSSES[name](lr_w, lr_l, n_w, n_l, beta, eps)
+    if rpo_alpha:
+        losses = losses + rpo_alpha * (-policy_w / mx.maximum(n_w, 1))
     parts = {"losses": losses, "rewards_chosen": beta * lr_w, "rewards_rejected": beta * lr_l}
     return losses.mean(), parts
 

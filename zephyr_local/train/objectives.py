@@ -18,7 +18,7 @@ from zephyr_local.train.logprobs import batched_logps, sequence_logps
 from zephyr_local.train.losses import dpo_loss, pair_metrics
 
 
-def dpo_forward(model, tokens, mask, ref_w, ref_l, weight, loss_name, beta, eps):
+def dpo_forward(model, tokens, mask, ref_w, ref_l, weight, loss_name, beta, eps, rpo_alpha=0.0):
     """One forward pass over chosen+rejected rows [2B, L].
 
     Returns (weighted loss, outputs): `nn.value_and_grad` differentiates the first element
@@ -29,7 +29,8 @@ def dpo_forward(model, tokens, mask, ref_w, ref_l, weight, loss_name, beta, eps)
     logps, counts, logit_sums = sequence_logps(model, tokens, mask, with_logits=True)
     b = ref_w.shape[0]
     pw, pl = logps[:b], logps[b:]
-    loss, parts = dpo_loss(loss_name, pw, pl, ref_w, ref_l, counts[:b], counts[b:], beta, eps)
+    loss, parts = dpo_loss(loss_name, pw, pl, ref_w, ref_l, counts[:b], counts[b:], beta, eps,
+                           rpo_alpha)
     return loss * weight, {"logps_chosen": pw, "logps_rejected": pl, "losses": parts["losses"],
                            "rewards_chosen": parts["rewards_chosen"],
                            "rewards_rejected": parts["rewards_rejected"],
@@ -54,9 +55,11 @@ class DPOObjective:
 
     kind = "dpo"
 
-    def __init__(self, examples, ref: np.ndarray, loss: str, beta: float, eps: float):
+    def __init__(self, examples, ref: np.ndarray, loss: str, beta: float, eps: float,
+                 rpo_alpha: float = 0.0):
         self.examples, self.ref = examples, ref  # ref: [2, N] chosen, rejected
-        self.forward = partial(dpo_forward, loss_name=loss, beta=beta, eps=eps)
+        self.forward = partial(dpo_forward, loss_name=loss, beta=beta, eps=eps,
+                               rpo_alpha=rpo_alpha)
 
     def size(self, idx) -> int:
         return len(idx)
@@ -127,7 +130,7 @@ class SFTObjective:
 
 
 def dpo_eval(model, examples, ref: np.ndarray, loss: str, beta: float, eps: float,
-             batch_size: int, progress=None, score=batched_logps) -> dict:
+             batch_size: int, progress=None, score=batched_logps, rpo_alpha: float = 0.0) -> dict:
     """DPO metrics of the policy on a preference set (per pair), plus the pair count.
 
     `score` is batched_logps, or its distributed form that splits the rows across ranks.
@@ -138,7 +141,7 @@ def dpo_eval(model, examples, ref: np.ndarray, loss: str, beta: float, eps: floa
                                       progress=progress)
     n = len(examples)
     arr = [mx.array(a) for a in (logps[:n], logps[n:], ref[0], ref[1], counts[:n], counts[n:])]
-    _, parts = dpo_loss(loss, *arr, beta, eps)
+    _, parts = dpo_loss(loss, *arr, beta, eps, rpo_alpha)
     return {"pairs": n, **pair_metrics(parts, arr[0], arr[1]),
             **logit_metrics(logit_sums[:n], logit_sums[n:], counts[:n], counts[n:])}
 

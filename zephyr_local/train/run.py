@@ -122,13 +122,15 @@ class _Run:
         self.emit("reference", {"data": tag, "cached": hit, "path": str(path), "rows": len(seqs)})
         ref = ref.reshape(2, len(ds.examples))
         c = self.cfg
-        return DPOObjective(ds.examples, ref, c.loss, c.beta, c.label_smoothing), hit
+        return DPOObjective(ds.examples, ref, c.loss, c.beta, c.label_smoothing,
+                            c.rpo_alpha), hit
 
     def evaluate(self, objective) -> dict:
         c = self.cfg
         if c.kind == "dpo":
             m = dpo_eval(self.model, objective.examples, objective.ref, c.loss, c.beta,
-                         c.label_smoothing, c.batch_size * 2, score=scorer(self.dist))
+                         c.label_smoothing, c.batch_size * 2, score=scorer(self.dist),
+                         rpo_alpha=c.rpo_alpha)
         else:
             m = sft_eval(self.model, objective.examples, c.batch_size, score=scorer(self.dist))
         self.model.train()

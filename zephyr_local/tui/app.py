@@ -1,11 +1,12 @@
 """The chat app: conversation view, input, status bar, history sidebar.
 
-The model loads on a worker thread while the app is already usable; each reply is
-consumed on one thread worker that hands the UI batched text (generation.py).
-The conversation as the history database keeps it (writes, versions, export) is
-the ChatHistory the app owns (chat_history.py); the screen's messages are a ChatView
-(widgets/chat_view.py), which also switches versions; attached documents are the
-ChatDocuments it owns (chat_documents.py).
+The app owns the engine, the ChatHistory (the conversation as the database keeps it,
+chat_history.py) and the ChatDocuments (attached documents, chat_documents.py), and
+coordinates its widgets, which do their own display and post what the app must act on:
+PromptInput parses slash commands (CommandEntered) and messages (Submitted); ChatView
+(widgets/chat_view.py) shows the messages, switches versions, edits, and streams each
+reply on a thread worker (ReplyFinished, ReplyFailed); the model loads on a worker
+thread while the app is already usable (model_loading.py).
 
 Per-conversation state outside the database (such as a saved KV cache) hooks in
 at two points: `conversation_opened` (after a stored conversation is shown, or a
@@ -15,15 +16,13 @@ new chat started) and `_reply_done` (after a reply is committed).
 from __future__ import annotations
 
 import inspect
-import threading
 from dataclasses import asdict
 from functools import partial
 
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Markdown, Static
+from textual.widgets import Footer, Static
 
 from zephyr_local.errors import ZephyrError
 from zephyr_local.history import StoredMessage
@@ -31,20 +30,19 @@ from zephyr_local.sampling import SamplingOptions
 from zephyr_local.tui.attach_screen import AttachScreen
 from zephyr_local.tui.chat_documents import ChatDocuments
 from zephyr_local.tui.chat_history import ChatHistory
-from zephyr_local.tui.commands import COMMANDS, parse_slash
+from zephyr_local.tui.commands import APP_BINDINGS, COMMANDS
 from zephyr_local.tui.config import DISCLAIMER, ChatConfig
 from zephyr_local.tui.confirm_screen import ConfirmScreen
-from zephyr_local.tui.generation import stream_to_screen
 from zephyr_local.tui.help_screen import HelpScreen
 from zephyr_local.tui.missing_screen import ModelMissingScreen
+from zephyr_local.tui.model_loading import load_engine, template_notice
 from zephyr_local.tui.sampling_screen import SamplingScreen
-from zephyr_local.tui.text_screen import TextEditScreen
 from zephyr_local.tui.widgets.chat_view import ChatView
 from zephyr_local.tui.widgets.chips import DocumentChips
 from zephyr_local.tui.widgets.message import MessageView
 from zephyr_local.tui.widgets.prompt import PromptInput
 from zephyr_local.tui.widgets.sidebar import HistorySidebar
-from zephyr_local.tui.widgets.status import StatusBar, describe_model
+from zephyr_local.tui.widgets.status import StatusBar
 
 
 class ChatApp(App):
@@ -52,16 +50,7 @@ class ChatApp(App):
 
     CSS_PATH = "chat.tcss"
     TITLE = "zephyr-local chat"
-    BINDINGS = [
-        Binding("escape", "stop", "Stop"),
-        Binding("ctrl+n", "new_chat", "New chat"),
-        Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("ctrl+b", "toggle_sidebar", "History"),
-        Binding("ctrl+o", "attach", "Attach"),
-        Binding("f2", "system_prompt", "System prompt", show=False),
-        Binding("f3", "sampling", "Sampling", show=False),
-        Binding("f1", "help", "Help"),
-    ]
+    BINDINGS = APP_BINDINGS
 
     def __init__(self, config: ChatConfig | None = None, engine=None) -> None:
         super().__init__()
@@ -96,7 +85,6 @@ class ChatApp(App):
         yield Footer()
 
     async def on_mount(self) -> None:
-        self._ui_thread_id = threading.get_ident()  # whose CPU time the reply pacer watches
         self.chat_view.anchor()
         self.query_one(PromptInput).focus()
         self.chat_history.open()
@@ -117,34 +105,22 @@ class ChatApp(App):
 
     @work(thread=True, group="load", exit_on_error=False)
     def _load_model(self) -> None:
-        from zephyr_local.engine import Engine
-
-        cfg = self.config
         try:
-            engine = Engine.load(cfg.model, cfg.adapter, cfg.models_dir)
-            engine.session(kv_bits=cfg.kv_bits)  # --kv-bits this model's heads cannot take
+            engine = load_engine(self.config)
         except ZephyrError as exc:
             self.call_from_thread(self._model_failed, exc)
-            return
-        except Exception as exc:  # an unexpected loader fault still gets a screen, not a trace
-            self.call_from_thread(self._model_failed, ZephyrError(f"cannot load the model: {exc}"))
             return
         self.call_from_thread(self._model_ready, engine)
 
     def _model_ready(self, engine) -> None:
-        from rich.markup import escape
-
-        from zephyr_local.backend import backend_name
-        from zephyr_local.template import uses_own_template
-
         self.engine, self.documents.tokenizer = engine, engine.tokenizer
         cfg = self.config
         self.session = engine.session(cfg.context_budget, cfg.lookup, cfg.kv_bits)
-        self.query_one(StatusBar).set_model(describe_model(engine.loaded), backend_name())
+        self.query_one(StatusBar).show_model(engine.loaded)
         self._show_context_estimate()
-        notice = uses_own_template(engine.tokenizer)
+        notice = template_notice(engine.tokenizer)
         if notice:
-            self.notify(escape(notice.capitalize() + "."), timeout=8)
+            self.notify(notice, timeout=8)
 
     def _history_saved(self) -> None:
         self.call_later(self.query_one(HistorySidebar).refresh_list)
@@ -164,7 +140,7 @@ class ChatApp(App):
             return
         from zephyr_local.template import encode
 
-        messages = self.chat_messages()
+        messages = self.chat_view.conversation()
         used = len(encode(self.engine.tokenizer, messages)) if len(messages) > 0 else 0
         used += self.documents.tokens(self.session, messages, self.chat_history.options)
         self.query_one(StatusBar).set_context(used, self.session.context_budget)
@@ -178,35 +154,15 @@ class ChatApp(App):
     def views(self) -> list[MessageView]:
         return self.chat_view.views()
 
-    def chat_messages(self) -> list[dict]:
-        """The conversation as the engine takes it: system prompt, then the messages."""
-        chat = [{"role": v.role, "content": v.content} for v in self.views()]
-        if self.chat_history.system_prompt:
-            chat.insert(0, {"role": "system", "content": self.chat_history.system_prompt})
-        return chat
-
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
-        text = event.text
-        try:
-            slash = parse_slash(text)
-        except KeyError as exc:
-            self.notify(exc.args[0], severity="error")
-            return
-        prompt = self.query_one(PromptInput)
-        if slash is not None:
-            command, arg = slash
-            prompt.remember(text)
-            prompt.clear()
-            method = getattr(self, f"action_{command.action}")
-            result = method(arg) if command.takes_text else method()
-            if inspect.isawaitable(result):
-                await result
-            return
-        if text.startswith("//"):
-            text = text[1:]
-        if await self.send(text):
-            prompt.remember(event.text)
-            prompt.clear()
+        if await self.send(event.text):
+            self.query_one(PromptInput).accept()
+
+    async def on_prompt_input_command_entered(self, event: PromptInput.CommandEntered) -> None:
+        method = getattr(self, f"action_{event.command.action}")
+        result = method(event.argument) if event.command.takes_text else method()
+        if inspect.isawaitable(result):
+            await result
 
     async def send(self, text: str) -> bool:
         """Add a user message and start the reply; False (with a notice) if it cannot."""
@@ -232,36 +188,19 @@ class ChatApp(App):
         return True
 
     async def _start_reply(self) -> None:
-        messages = self.chat_messages()  # before the reply's own view joins the chat
-        chat = self.chat_view
-        view = MessageView("assistant")
-        view.add_class("streaming")
-        await chat.mount(view)
-        chat.anchor()
+        messages = self.chat_view.conversation()  # before the reply's own view joins it
         self.generating = True
-        stream = Markdown.get_stream(view.markdown)
         self.documents.refresh()
         self.session.keep_cache(*self.chat_history.kv_cache())  # resume from / save to disk
-        self._generate(messages, self.chat_history.options, view, stream)
+        await self.chat_view.stream_reply(partial(self.documents.reply_records, self.session,
+                                                  messages, self.chat_history.options))
 
-    @work(thread=True, group="reply", exit_on_error=False)
-    def _generate(self, messages: list[dict], options: SamplingOptions, view, stream) -> None:
-        """Consume the reply on this worker thread; the UI gets batched text."""
+    async def on_chat_view_reply_finished(self, event: ChatView.ReplyFinished) -> None:
+        await self._reply_done(event.view, event.text, event.final)
 
-        try:
-            records = self.documents.reply_records(self.session, messages, options)
-            text, final = stream_to_screen(records, partial(self.call_from_thread, stream.write),
-                                           self._ui_thread_id)
-        except Exception as exc:  # shown as a notice; the conversation stays as it was
-            self.call_from_thread(self._reply_failed, view, stream, exc)
-            return
-        self.call_from_thread(self._reply_done, view, stream, text, final)
-
-    async def _reply_done(self, view: MessageView, stream, text: str, final) -> None:
-        await stream.stop()
+    async def _reply_done(self, view: MessageView, text: str, final) -> None:
+        """Save the reply the view shows (finished or stopped) and show its stats."""
         reason = final.finish_reason if final else "cancelled"
-        view.remove_class("streaming")
-        view.finish(text, reason)
         stats = final.stats if final else None
         plan = self.documents.last_plan
         sources = [asdict(u) for u in plan.used] if plan else []
@@ -273,32 +212,17 @@ class ChatApp(App):
         if self.documents.attached and plan:
             await self.show_documents(plan.mode)
         if stats is not None:
-            status = self.query_one(StatusBar)
-            status.set_stats(stats)
-            used = stats.prompt_tokens + stats.generation_tokens
-            status.set_context(used, self.session.context_budget)
+            self.query_one(StatusBar).show_reply(stats, self.session.context_budget)
             self.chat_view.mark_dropped(stats.dropped_messages)
             if stats.dropped_turns:
                 self.notify(f"{stats.dropped_turns} oldest turn(s) no longer fit the context "
                             "budget and were left out of the prompt.", severity="warning")
 
-    async def _reply_failed(self, view: MessageView, stream, exc: Exception) -> None:
-        await stream.stop()
-        await view.remove()
-        views = self.views()
-        replaced = self.chat_history.restore_replaced()
-        if replaced is not None:  # a failed regenerate: the reply it replaced is back
-            await self.chat_view.show_branch(replaced)
-            self._show_context_estimate()
-        elif views and views[-1].role == "user":  # give the message back to edit and resend
-            last = views[-1]
-            self.chat_history.truncate(len(views) - 1)
-            await last.remove()
-            prompt = self.query_one(PromptInput)
-            prompt.text = last.content
-            prompt.move_cursor(prompt.document.end)
+    def on_chat_view_reply_failed(self, event: ChatView.ReplyFailed) -> None:
+        if event.unsent is not None:
+            self.query_one(PromptInput).give_back(event.unsent)
         self.generating = False  # only now: the conversation on screen is settled
-        self.notify(f"Generation failed: {exc}", severity="error", timeout=10)
+        self.notify(f"Generation failed: {event.error}", severity="error", timeout=10)
 
     # -- conversations (the history sidebar, export) ------------------------------
 
@@ -363,7 +287,7 @@ class ChatApp(App):
 
         self.chat_history.export(target, self.chat_view.shown(), confirm)
 
-    def on_chat_view_branch_shown(self, event: ChatView.BranchShown) -> None:
+    def on_chat_view_prompt_changed(self, event: ChatView.PromptChanged) -> None:
         self._show_context_estimate()
 
     # -- documents -------------------------------------------------------------------
@@ -385,7 +309,8 @@ class ChatApp(App):
     async def show_documents(self, mode: str | None = None) -> None:
         docs = self.documents
         if mode is None and docs.attached:
-            mode = docs.fit_mode(self.session, self.chat_messages(), self.chat_history.options)
+            mode = docs.fit_mode(self.session, self.chat_view.conversation(),
+                                 self.chat_history.options)
         await self.query_one(DocumentChips).show([d.document for d in docs.attached], mode)
         self._show_context_estimate()
 
@@ -400,51 +325,20 @@ class ChatApp(App):
             return
         views = self.views()
         if views and views[-1].role == "assistant":
-            if not self.chat_history.branch_at(views[-1]):  # else another version of it
-                self.chat_history.truncate(len(views) - 1)
-            await views[-1].remove()
-            views.pop()
+            await self.chat_view.cut(views.pop())  # a new version of it, where kept
         if not views:
             self.notify("Nothing to regenerate yet.", severity="warning")
             return
         await self._start_reply()
 
-    async def on_message_view_edit_requested(self, event: MessageView.EditRequested) -> None:
-        view = event.view
-        if self.generating:
-            self.notify("Stop the reply (Esc) before editing.", severity="warning")
-            return
-
-        async def resend(text: str | None) -> None:
-            if text is None or not text.strip() or not self._can_generate():
-                return
-            views = self.views()
-            index = views.index(view)
-            if not self.chat_history.branch_at(view):  # else a new version; the old stays
-                self.chat_history.truncate(index)
-            await self.chat_view.remove_children(views[index:])
-            await self.send(text)
-
-        note = ("the current version stays: [ / ] switch back" if self.chat_history.branching
-                else "later turns are dropped")
-        self.push_screen(TextEditScreen(f"Edit message and resend ({note})", view.content),
-                         resend)
+    async def on_chat_view_resend_requested(self, event: ChatView.ResendRequested) -> None:
+        """An edited message: a new version of it (or, unsaved, the turns from it dropped)."""
+        if self._can_generate():
+            await self.chat_view.cut(event.view)
+            await self.send(event.text)
 
     def action_system_prompt(self, text: str | None = None) -> None:
-        if text:
-            self.set_system_prompt(text)
-            return
-        self.push_screen(TextEditScreen("System prompt for this conversation",
-                                        self.chat_history.system_prompt or "",
-                                        "Empty means no system prompt."),
-                         lambda edited: edited is None or self.set_system_prompt(edited))
-
-    def set_system_prompt(self, text: str) -> None:
-        self.chat_history.set_system_prompt(text.strip() or None)
-        self.chat_view.show_system_prompt(self.chat_history.system_prompt)
-        self._show_context_estimate()
-        self.notify("System prompt set." if self.chat_history.system_prompt
-                    else "System prompt cleared.")
+        self.chat_view.edit_system_prompt(text)
 
     def action_sampling(self) -> None:
         def chosen(options: SamplingOptions | None) -> None:
@@ -455,12 +349,10 @@ class ChatApp(App):
         self.push_screen(SamplingScreen(self.chat_history.options), chosen)
 
     def action_copy_reply(self) -> None:
-        reply = self.chat_view.last_reply()
-        reply.action_copy() if reply else self.notify("No reply yet.", severity="warning")
+        self.chat_view.copy_last_reply()
 
     def action_copy_code(self) -> None:
-        reply = self.chat_view.last_reply()
-        reply.action_copy_code() if reply else self.notify("No reply yet.", severity="warning")
+        self.chat_view.copy_last_reply(code=True)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

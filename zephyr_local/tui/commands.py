@@ -1,8 +1,11 @@
-"""Slash commands and command-palette entries: one table, both surfaces."""
+"""Slash commands and command-palette entries: one table, both surfaces; the app's keys
+(APP_BINDINGS) beside the list the help shows (KEYS)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from textual.binding import Binding
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,17 @@ COMMANDS = (
 )
 
 BY_NAME = {c.name: c for c in COMMANDS}
+
+APP_BINDINGS = [
+    Binding("escape", "stop", "Stop"),
+    Binding("ctrl+n", "new_chat", "New chat"),
+    Binding("ctrl+r", "regenerate", "Regenerate"),
+    Binding("ctrl+b", "toggle_sidebar", "History"),
+    Binding("ctrl+o", "attach", "Attach"),
+    Binding("f2", "system_prompt", "System prompt", show=False),
+    Binding("f3", "sampling", "Sampling", show=False),
+    Binding("f1", "help", "Help"),
+]
 
 KEYS = (
     ("Enter", "send"),

@@ -1,4 +1,10 @@
-"""The multi-line message input: Enter sends, several keys insert a newline."""
+"""The multi-line message input: Enter sends, several keys insert a newline.
+
+A line that starts with `/` is a slash command (commands.py): the input parses it and
+posts CommandEntered; an unknown one gets a notice and stays to be corrected. Any other
+text is posted as Submitted (a leading `//` sent as `/`); the app calls `accept` once
+it is sent.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from textual.message import Message
 from textual.widgets import TextArea
 
 from zephyr_local.tui.attach_screen import complete_path
+from zephyr_local.tui.commands import Command, parse_slash
 
 # Terminals disagree on what they send for modified Enter: Ctrl+J is a plain LF
 # everywhere; Alt/Option+Enter works in iTerm2, macOS Terminal (Option as Meta)
@@ -28,9 +35,19 @@ class PromptInput(TextArea):
     ]
 
     class Submitted(Message):
+        """A message to send: `text` as typed, a leading `//` as `/`."""
+
         def __init__(self, text: str) -> None:
             super().__init__()
             self.text = text
+
+    class CommandEntered(Message):
+        """A slash command line (already cleared from the input): the command and its
+        argument (empty when none was given)."""
+
+        def __init__(self, command: Command, argument: str) -> None:
+            super().__init__()
+            self.command, self.argument = command, argument
 
     def __init__(self, **kwargs) -> None:
         super().__init__(soft_wrap=True, tab_behavior="focus", show_line_numbers=False, **kwargs)
@@ -38,7 +55,27 @@ class PromptInput(TextArea):
         self._recall = 0  # index into history while recalling; len(history) = not recalling
 
     def action_submit(self) -> None:
-        self.post_message(self.Submitted(self.text))
+        text = self.text
+        try:
+            slash = parse_slash(text)
+        except KeyError as exc:
+            self.notify(exc.args[0], severity="error", markup=False)
+            return
+        if slash is None:
+            self.post_message(self.Submitted(text[1:] if text.startswith("//") else text))
+            return
+        self.accept()
+        self.post_message(self.CommandEntered(*slash))
+
+    def accept(self) -> None:
+        """The text was sent: keep it for recall (Up), clear the input."""
+        self.remember(self.text)
+        self.clear()
+
+    def give_back(self, text: str) -> None:
+        """Put a message that could not be answered back in the input, to edit and resend."""
+        self.text = text
+        self.move_cursor(self.document.end)
 
     def action_newline(self) -> None:
         self.insert("\n")

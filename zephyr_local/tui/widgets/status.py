@@ -46,8 +46,19 @@ class StatusBar(Static):
         self.model, self.backend = model, backend
         self._show()
 
+    def show_model(self, loaded) -> None:
+        """The model (loading.LoadedModel) and the backend it runs on."""
+        from zephyr_local.backend import backend_name
+
+        self.set_model(describe_model(loaded), backend_name())
+
     def set_stats(self, stats) -> None:
         self.stats = stats
+        self._show()
+
+    def show_reply(self, stats, budget: int) -> None:
+        """The last reply's stats (engine.ReplyStats), and the context it filled."""
+        self.stats, self.context = stats, (stats.prompt_tokens + stats.generation_tokens, budget)
         self._show()
 
     def set_context(self, used: int, budget: int) -> None:
