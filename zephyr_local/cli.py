@@ -107,14 +107,15 @@ def lookup_options(f):
 
 def kv_cache_options(f):
     """The KV-cache flags shared by `generate` and `chat`."""
-    from zephyr_local.kv_store import DEFAULT_MAX_GB, MAX_GB_ENV
+    from zephyr_local.kv_store import DEFAULT_MAX_GB, KV_BITS, KV_GROUP_SIZE, MAX_GB_ENV
 
     f = click.option("--kv-cache-max-gb", type=Finite(min=0), default=None,
                      help=f"Cap on all saved KV caches, least recently used evicted first "
                           f"(default: ${MAX_GB_ENV}, else {DEFAULT_MAX_GB:g}); 0 saves none.")(f)
-    return click.option("--kv-bits", type=click.Choice(["4", "8"]), default=None,
-                        help="Quantize the KV cache (mlx-lm's QuantizedKVCache, group 64): "
-                             "smaller saved caches, less memory for long chats.")(f)
+    return click.option("--kv-bits", type=click.Choice([str(b) for b in KV_BITS]), default=None,
+                        help="Quantize the KV cache (mlx-lm's QuantizedKVCache, group "
+                             f"{KV_GROUP_SIZE}): smaller saved caches, less memory for long "
+                             "chats.")(f)
 
 
 def kv_cache_from(kwargs: dict) -> tuple[int | None, float | None]:

@@ -17,6 +17,11 @@ FLOAT_CLASS = "KVCache"
 QUANTIZED_CLASS = "QuantizedKVCache"
 
 
+def head_dim(config: dict) -> int:
+    """The attention head's width: `head_dim`, else hidden_size / num_attention_heads."""
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
 def new_cache(model, kv_bits: int | None, group_size: int) -> list:
     """mlx-lm's prompt cache for `model`; with `kv_bits`, quantized from the first token."""
     from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
@@ -54,18 +59,18 @@ def expected_tables(n: int, num_layers: int, config: dict, kv_bits: int | None,
                     group_size: int) -> dict[str, tuple[str, list[int]]]:
     """Tensor name -> (safetensors dtype or "" for any float, shape) of a saved cache."""
     heads = int(config.get("num_key_value_heads") or config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+    width = head_dim(config)
     tables: dict[str, tuple[str, list[int]]] = {}
     for i in range(num_layers):
         if kv_bits:
             for kv in (0, 1):
-                tables[f"{i}.{kv}.0"] = ("U32", [1, heads, n, head_dim * kv_bits // 32])
-                tables[f"{i}.{kv}.1"] = ("", [1, heads, n, head_dim // group_size])
-                tables[f"{i}.{kv}.2"] = ("", [1, heads, n, head_dim // group_size])
+                tables[f"{i}.{kv}.0"] = ("U32", [1, heads, n, width * kv_bits // 32])
+                tables[f"{i}.{kv}.1"] = ("", [1, heads, n, width // group_size])
+                tables[f"{i}.{kv}.2"] = ("", [1, heads, n, width // group_size])
             scalars = (2, 3, 4)  # offset, group size, bits
         else:
-            tables[f"{i}.0"] = ("", [1, heads, n, head_dim])
-            tables[f"{i}.1"] = ("", [1, heads, n, head_dim])
+            tables[f"{i}.0"] = ("", [1, heads, n, width])
+            tables[f"{i}.1"] = ("", [1, heads, n, width])
             scalars = (2,)  # offset
         for s in scalars:
             tables[f"{i}.{s}"] = ("", [])

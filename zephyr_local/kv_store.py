@@ -29,6 +29,7 @@ from pathlib import Path
 
 from zephyr_local.atomic import write_via
 from zephyr_local.errors import ZephyrError
+from zephyr_local.kv_layout import check_loaded, check_tables, compact, head_dim
 
 DIR_NAME = "kv-cache"
 SUFFIX = ".safetensors"
@@ -68,16 +69,12 @@ def group_size_for(config: dict, kv_bits: int | None) -> int:
     if kv_bits is None:
         return 0
     if kv_bits not in KV_BITS:
-        raise ZephyrError(f"--kv-bits {kv_bits}: choose 4 or 8")
-    head_dim = _head_dim(config)
+        raise ZephyrError(f"--kv-bits {kv_bits}: choose {' or '.join(map(str, KV_BITS))}")
+    width = head_dim(config)
     for group in (KV_GROUP_SIZE, 32):
-        if head_dim % group == 0:
+        if width % group == 0:
             return group
-    raise ZephyrError(f"--kv-bits needs a head size divisible by 32 (this model's is {head_dim})")
-
-
-def _head_dim(config: dict) -> int:
-    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+    raise ZephyrError(f"--kv-bits needs a head size divisible by 32 (this model's is {width})")
 
 
 # -- identity ------------------------------------------------------------------
@@ -217,7 +214,6 @@ class KVStore:
     def read(self, path: Path, ident: dict[str, str], num_layers: int,
              config: dict) -> list[int] | None:
         """The token ids a saved cache holds, if it is whole and made for `ident`; else None."""
-        from zephyr_local.kv_layout import check_tables
         from zephyr_local.safetensors_header import read_header_and_metadata
 
         try:
@@ -270,8 +266,6 @@ class KVStore:
         """
         from mlx_lm.models.cache import load_prompt_cache
 
-        from zephyr_local.kv_layout import check_loaded
-
         try:
             cache = load_prompt_cache(str(candidate.path))
             check_loaded(cache, len(candidate.tokens), ident)
@@ -288,8 +282,6 @@ class KVStore:
         (a cache bigger than the cap alone, or a failed write: nothing is left behind).
         """
         from mlx_lm.models.cache import save_prompt_cache
-
-        from zephyr_local.kv_layout import compact
 
         if not self.enabled or not tokens:
             return None

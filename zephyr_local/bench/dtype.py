@@ -36,9 +36,10 @@ def source_key(source: Path) -> str:
 
 def group_size_for(config: dict) -> int:
     """64 (the default) when it divides every layer's input dimension, else 32."""
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    dims = (config["hidden_size"], config["intermediate_size"], heads * head_dim)
+    from zephyr_local.kv_layout import head_dim
+
+    dims = (config["hidden_size"], config["intermediate_size"],
+            config["num_attention_heads"] * head_dim(config))
     return 64 if all(d % 64 == 0 for d in dims) else 32
 
 
