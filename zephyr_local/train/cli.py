@@ -15,16 +15,8 @@ from zephyr_local.backend import COMPUTE_DTYPES, default_dtypes_text
 from zephyr_local.cli_common import store_dir
 from zephyr_local.errors import ZephyrError
 from zephyr_local.quantize import ALLOWED_BITS, ALLOWED_GROUP_SIZES
-from zephyr_local.train.config import TrainConfig
+from zephyr_local.train.config import TrainConfig, get_dotted, set_dotted
 from zephyr_local.train.options import FIELDS, config_option, data_options, train_options
-from zephyr_local.train.options import get_field as _get
-
-
-def _set(cfg, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    for part in parents:
-        cfg = getattr(cfg, part)
-    setattr(cfg, last, value)
 
 
 def _targets(value: str) -> tuple:
@@ -53,7 +45,7 @@ def build_config(ctx: click.Context, kind: str, kw: dict, dist=None):
     cfg = TrainConfig.for_kind(kind)
     for name, dotted in FIELDS.items():
         if name in kw:
-            _set(cfg, dotted, kw[name])
+            set_dotted(cfg, dotted, kw[name])
     if not resume:
         if not cfg.data:
             raise click.UsageError("--data is required (unless --resume)")
@@ -66,9 +58,12 @@ def build_config(ctx: click.Context, kind: str, kw: dict, dist=None):
     saved = TrainConfig.from_dict(saved)
     for name, dotted in FIELDS.items():
         given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-        if name in kw and given and name != "out" and _get(saved, dotted) != _get(cfg, dotted):
-            raise ZephyrError(f"--{name.replace('_', '-')} {_get(cfg, dotted)!r} differs from "
-                              f"the run being resumed ({_get(saved, dotted)!r}): leave it out")
+        if name not in kw or not given or name == "out":
+            continue
+        old, new = get_dotted(saved, dotted), get_dotted(cfg, dotted)
+        if old != new:
+            raise ZephyrError(f"--{name.replace('_', '-')} {new!r} differs from "
+                              f"the run being resumed ({old!r}): leave it out")
     saved.out = cfg.out
     return saved, True
 

@@ -47,6 +47,19 @@ def _field(default=None, help=None, **flag):
     return field(default=default, metadata={"help": help, **flag})
 
 
+def get_dotted(cfg, dotted: str):
+    """A (nested) config field by its dotted name: "lora.rank"."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def set_dotted(cfg, dotted: str, value) -> None:
+    """Set a (nested) config field by its dotted name."""
+    *parents, last = dotted.split(".")
+    setattr(get_dotted(cfg, ".".join(parents)) if parents else cfg, last, value)
+
+
 _POSITIVE = Finite(min=0, min_open=True)
 _DIR = click.Path(file_okay=False)
 
@@ -127,11 +140,7 @@ class TrainConfig:
         """The defaults of `zephyr-local sft` / `dpo`: these fields plus KIND_DEFAULTS[kind]."""
         cfg = cls(kind=kind)
         for dotted, value in KIND_DEFAULTS[kind].items():
-            *parents, last = dotted.split(".")
-            target = cfg
-            for part in parents:
-                target = getattr(target, part)
-            setattr(target, last, value)
+            set_dotted(cfg, dotted, value)
         return cfg
 
     def to_dict(self) -> dict:

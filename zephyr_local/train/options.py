@@ -13,7 +13,13 @@ import dataclasses
 import click
 
 from zephyr_local.params import Finite
-from zephyr_local.train.config import DataConfig, LoRAConfig, TrainConfig
+from zephyr_local.train.config import (
+    KIND_DEFAULTS,
+    DataConfig,
+    LoRAConfig,
+    TrainConfig,
+    get_dotted,
+)
 
 # A nested dataclass field -> (its class, its flags' prefix).
 _NESTED = {"lora": (LoRAConfig, "lora_"), "data_config": (DataConfig, "")}
@@ -49,21 +55,17 @@ def _flag_fields(cls=TrainConfig, parent: str = "", prefix: str = "") -> dict:
     return out
 
 
-FIELDS = {name: dotted for name, (dotted, _) in _flag_fields().items()}
+_FLAG_FIELDS = _flag_fields()
+FIELDS = {name: dotted for name, (dotted, _) in _FLAG_FIELDS.items()}
 _DATA_FLAGS = tuple(n for n, dotted in FIELDS.items() if dotted.startswith("data_config."))
-
-
-def get_field(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
+_DEFAULTS = {kind: TrainConfig.for_kind(kind) for kind in KIND_DEFAULTS}
 
 
 def config_option(name: str, kind: str = "dpo", **overrides):
     """The click option of one config field (`name` as in FIELDS), with its metadata."""
-    dotted, f = _flag_fields()[name]
+    dotted, f = _FLAG_FIELDS[name]
     meta = f.metadata
-    default = get_field(TrainConfig.for_kind(kind), dotted)
+    default = get_dotted(_DEFAULTS[kind], dotted)
     if isinstance(default, tuple):
         default = ",".join(default)  # a comma-separated list on the command line
     kw = {"default": None if default == "" else default, "help": meta.get("help")}
@@ -87,9 +89,8 @@ def data_options(f):
 
 def train_options(kind: str):
     """The flags of `sft` and `dpo`: every TrainConfig field that `kind` has, and _EXTRA."""
-    fields = _flag_fields()
-    names = [n for n in fields if n not in _DATA_FLAGS
-             and kind in fields[n][1].metadata.get("kinds", ("sft", "dpo"))] + list(_EXTRA)
+    names = [n for n, (_, f) in _FLAG_FIELDS.items() if n not in _DATA_FLAGS
+             and kind in f.metadata.get("kinds", ("sft", "dpo"))] + list(_EXTRA)
     names = [n for n in _ORDER if n in names] + [n for n in names if n not in _ORDER]
 
     def deco(f):
