@@ -197,6 +197,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def file_size(path: Path) -> int:
+    """Bytes of a file; 0 if it is gone (or cannot be read) by now."""
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
 def dir_size(path: Path) -> int:
     """Bytes of every file below `path`."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

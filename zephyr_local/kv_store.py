@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zephyr_local.atomic import write_via
+from zephyr_local.atomic import file_size, write_via
 from zephyr_local.errors import ZephyrError
 from zephyr_local.kv_layout import check_loaded, check_tables, compact, head_dim
 
@@ -201,7 +201,7 @@ class KVStore:
         return sorted(files, key=_mtime)
 
     def total_bytes(self) -> int:
-        return sum(_size(p) for p in self.entries())
+        return sum(file_size(p) for p in self.entries())
 
     def remove(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -311,22 +311,15 @@ class KVStore:
         if keep is not None and keep in files:
             files.remove(keep)
             files.append(keep)
-        total = sum(_size(p) for p in files)
+        total = sum(file_size(p) for p in files)
         removed = []
         for path in files:
             if total <= self.max_bytes:
                 break
-            total -= _size(path)
+            total -= file_size(path)
             path.unlink(missing_ok=True)
             removed.append(path)
         return removed
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _mtime(path: Path) -> float:

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zephyr_local import hfcache, loading
-from zephyr_local.atomic import dir_size, human_bytes, replace_dir, write_text
+from zephyr_local.atomic import dir_size, file_size, human_bytes, replace_dir, write_text
 from zephyr_local.download import ProgressFn, RemoteFile, Tracker, download_file, part_path
 from zephyr_local.errors import ModelFormatError, ModelNotFoundError, ZephyrError
 from zephyr_local.store import (
@@ -120,7 +120,7 @@ def _download_into(partial_root: Path, target: Path, repo_id: str, revision: str
     _check_disk_space(partial, todo)
     tracker = Tracker(sum(f.size or 0 for f in files), progress)
     tracker.done = tracker.total - sum(f.size or 0 for f in todo) + sum(
-        _size_or_zero(part_path(partial, f)) for f in todo)
+        file_size(part_path(partial, f)) for f in todo)
     notify(f"Pulling {repo_id} @ {commit[:12]}: {len(files)} files, {human_bytes(tracker.total)}"
            f" ({len(files) - len(todo)} already here)")
     downloaded = _download_all(repo_id, commit, partial, todo, tracker)
@@ -270,7 +270,7 @@ def _prepare_partial(partial: Path, repo_id: str, commit: str,
 
 
 def _check_disk_space(partial: Path, todo: list[RemoteFile]) -> None:
-    need = sum((f.size or 0) - _size_or_zero(part_path(partial, f)) for f in todo)
+    need = sum((f.size or 0) - file_size(part_path(partial, f)) for f in todo)
     free = shutil.disk_usage(partial).free
     if need > free:
         raise ZephyrError(
@@ -285,7 +285,7 @@ def _download_all(repo_id: str, commit: str, partial: Path, todo: list[RemoteFil
     from huggingface_hub import hf_hub_url
 
     resume = f" (the partial download in {partial} is kept: the same command resumes it)"
-    before = sum(_size_or_zero(part_path(partial, f)) for f in todo)
+    before = sum(file_size(part_path(partial, f)) for f in todo)
     checked = False
     for remote in todo:
         if remote.name.endswith(".safetensors") and not checked:
@@ -330,13 +330,6 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _size_or_zero(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _json(data: dict) -> str:
