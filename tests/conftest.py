@@ -67,13 +67,19 @@ def invoke(store: Path | None, *args: str, input: str | None = None, env: dict |
     return CliRunner().invoke(cli, [*store_args, *args], input=input, env=env)
 
 
-def assert_one_line_error(result, code: int, *needles: str) -> str:
-    """Exit `code`, no traceback, and one short `Error:` line on stderr naming each needle."""
+def assert_exit(result, code: int) -> str:
+    """Exit `code` and no traceback, neither raised nor printed; returns the output."""
     output = result.stdout + result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         f"{type(result.exception).__name__}: {result.exception}")
     assert "Traceback" not in output
     assert result.exit_code == code, output[-2000:]
+    return output
+
+
+def assert_one_line_error(result, code: int, *needles: str) -> str:
+    """Exit `code`, no traceback, and one short `Error:` line on stderr naming each needle."""
+    assert_exit(result, code)
     lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
     assert len(lines) == 1, result.stderr
     for needle in needles:

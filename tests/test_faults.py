@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, invoke
+from conftest import assert_exit, assert_one_line_error, invoke
 
 PREFS = [
     {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
@@ -419,9 +419,5 @@ def assert_clean(result, code: int, fragment: str) -> None:
     if code != 0:
         assert_one_line_error(result, code, fragment)
         return
-    output = result.stdout + result.stderr
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        f"{type(result.exception).__name__}: {result.exception}")
-    assert "Traceback" not in output
-    assert result.exit_code == 0, output[-2000:]
+    output = assert_exit(result, 0)
     assert fragment in output, output[-2000:]
