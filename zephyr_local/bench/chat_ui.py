@@ -56,7 +56,8 @@ async def app_run(model: str, models_dir: str | None, max_tokens: int, turns: in
                   engine=None) -> list:
     """Send `turns` messages in one conversation; return (ReplyStats, UI CPU s) per reply."""
     from zephyr_local.sampling import SamplingOptions
-    from zephyr_local.tui.app import ChatApp, ChatConfig
+    from zephyr_local.tui.app import ChatApp
+    from zephyr_local.tui.config import ChatConfig
     from zephyr_local.tui.widgets.prompt import PromptInput
 
     db = Path(tempfile.mkdtemp()) / "history.sqlite"

@@ -59,7 +59,8 @@ CRASH_SCRIPT = textwrap.dedent("""
     import asyncio, sys, time
     import zephyr_local
     from zephyr_local.sampling import SamplingOptions
-    from zephyr_local.tui.app import ChatApp, ChatConfig
+    from zephyr_local.tui.app import ChatApp
+    from zephyr_local.tui.config import ChatConfig
     from zephyr_local.tui.widgets.prompt import PromptInput
 
     async def main(model, db):
